@@ -1,0 +1,223 @@
+"""`Callback`, `CallbackList` and lazily materialised logs.
+
+Callbacks written for `keras.callbacks.Callback` work unchanged: the hook
+names and `set_model`/`set_params` are Keras's. What differs is the dispatch:
+batch hooks that a callback does not override are never called, and batch
+logs are a `LazyLogs` mapping whose values are copied from the device only
+when something reads them. A run with no batch-level reader therefore never
+synchronises the host per execution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+
+class Callback:
+    """Base class for callbacks, Keras-compatible (same hooks, same attributes)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self._model = None
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def set_model(self, model: Any) -> None:
+        self._model = model
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+
+
+class LazyLogs(Mapping):
+    """Batch logs whose keys are known and whose values are read on first access.
+
+    `read` returns a dict of device tensors; it runs at most once, and only
+    when a value is looked up, so `logs or {}`, `len(logs)` and `"loss" in
+    logs` stay free.
+    """
+
+    def __init__(self, keys: Iterable[str], read: Callable[[], Mapping[str, Any]]):
+        self._keys = list(keys)
+        self._read = read
+        self._values: dict[str, float] | None = None
+
+    def _materialize(self) -> dict[str, float]:
+        if self._values is None:
+            raw = self._read()
+            self._values = {k: _to_python(raw[k]) for k in self._keys if k in raw}
+            for k in raw:
+                if k not in self._values:
+                    self._values[k] = _to_python(raw[k])
+                    self._keys.append(k)
+        return self._values
+
+    @property
+    def materialized(self) -> bool:
+        return self._values is not None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._materialize()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._keys))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self._materialize())
+
+    def __repr__(self) -> str:
+        return repr(self._materialize())
+
+
+def _to_python(value: Any) -> Any:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
+        return value.item()
+    return value
+
+
+_BATCH_HOOKS = (
+    "on_batch_begin",
+    "on_batch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+)
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    """True when `callback` overrides `hook` beyond the no-op base classes."""
+    method = getattr(type(callback), hook, None)
+    if method is None:
+        return False
+    defined_in = next((k for k in type(callback).__mro__ if hook in vars(k)), None)
+    if defined_in is None:
+        return False
+    return defined_in.__module__ not in (__name__, "keras.src.callbacks.callback")
+
+
+class CallbackList:
+    """Dispatches hooks to callbacks; our own, not Keras's CallbackList."""
+
+    def __init__(self, callbacks: Iterable[Any] | None, *, model: Any, params: dict[str, Any]):
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if not all(hasattr(cb, h) for h in ("set_model", "set_params", "on_epoch_end")):
+                raise TypeError(
+                    "`callbacks` must be a list of Callback instances (tfk_trainer.callbacks."
+                    f"Callback or keras.callbacks.Callback); received {type(cb).__name__}."
+                )
+        self.model = model
+        self.set_params(params)
+        for cb in self.callbacks:
+            cb.set_model(model)
+        self._batch_hooks = {
+            hook: [cb for cb in self.callbacks if _overrides(cb, hook) or _train_alias(cb, hook)]
+            for hook in _BATCH_HOOKS
+        }
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    def append(self, callback: Any) -> None:
+        raise NotImplementedError  # built once; see `__init__`
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def wants_batch(self, hook: str) -> bool:
+        return bool(self._batch_hooks[hook])
+
+    def _batch(self, hook: str, batch: int, logs: Any) -> None:
+        for cb in self._batch_hooks[hook]:
+            getattr(cb, hook)(batch, logs)
+
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_test_begin(self, logs=None):
+        self._call("on_test_begin", logs)
+
+    def on_test_end(self, logs=None):
+        self._call("on_test_end", logs)
+
+    def on_predict_begin(self, logs=None):
+        self._call("on_predict_begin", logs)
+
+    def on_predict_end(self, logs=None):
+        self._call("on_predict_end", logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batch("on_train_batch_end", batch, logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._batch("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._batch("on_test_batch_end", batch, logs)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._batch("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._batch("on_predict_batch_end", batch, logs)
+
+
+def _train_alias(callback: Any, hook: str) -> bool:
+    """`on_batch_begin/end` overrides are reached through the train batch hooks."""
+    if hook == "on_train_batch_begin":
+        return _overrides(callback, "on_batch_begin")
+    if hook == "on_train_batch_end":
+        return _overrides(callback, "on_batch_end")
+    return False

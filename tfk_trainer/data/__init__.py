@@ -1,0 +1,20 @@
+"""Input pipelines: every input kind the seeds name, as a batched tf.data.Dataset."""
+
+from tfk_trainer.data.adapters import (
+    ArrayAdapter,
+    DataAdapter,
+    DatasetAdapter,
+    get_adapter,
+    train_validation_split,
+)
+from tfk_trainer.data.structure import pack_x_y_sample_weight, unpack_x_y_sample_weight
+
+__all__ = [
+    "ArrayAdapter",
+    "DataAdapter",
+    "DatasetAdapter",
+    "get_adapter",
+    "pack_x_y_sample_weight",
+    "train_validation_split",
+    "unpack_x_y_sample_weight",
+]

@@ -1,0 +1,296 @@
+"""Data adapters: every input kind ends as a batched `tf.data.Dataset`.
+
+An adapter knows nothing of steps, strategies or callbacks. It answers four
+questions for the epoch driver: what dataset to iterate (one epoch, or
+repeating across epochs), how many batches an epoch holds if that is known,
+the batch size, and which hooks to run at epoch boundaries. Elements are
+always tuples `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer.data import class_weight as class_weight_lib
+from tfk_trainer.data import structure
+
+_MAX_EPOCHS = 2**62
+
+
+class DataAdapter(abc.ABC):
+    """The interface between user data and the epoch driver."""
+
+    @abc.abstractmethod
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        """Returns batched `(x,)`/`(x, y)`/`(x, y, sw)` tuples.
+
+        With `repeat=False` the dataset covers one epoch. With `repeat=True` it
+        covers epochs `first_epoch, first_epoch + 1, ...` back to back, for the
+        driver's persistent iterator (`steps_per_epoch` set); adapters that
+        cannot repeat (user datasets) return their dataset unchanged.
+        """
+
+    @property
+    @abc.abstractmethod
+    def num_batches(self) -> int | None:
+        """Batches in one epoch, or None when unknown or infinite."""
+
+    @property
+    def is_infinite(self) -> bool:
+        return False
+
+    @property
+    def batch_size(self) -> int | None:
+        return None
+
+    @property
+    def can_repeat(self) -> bool:
+        """Whether `get_dataset(repeat=True)` really repeats the data."""
+        return False
+
+    def on_epoch_begin(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called exactly once before each epoch's first batch."""
+
+    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called exactly once after each epoch's last batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases workers or other resources; called at the end of fit/evaluate/predict."""
+
+
+class ArrayAdapter(DataAdapter):
+    """NumPy arrays, tensors, and lists/dicts of them.
+
+    The data is placed in the pipeline once (`from_tensors(...).repeat()`),
+    and each epoch batches a permutation of the sample indices and gathers
+    the rows in a parallel `map`: no per-sample Python work. The permutation
+    of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
+    skips to epoch `e` sees exactly the batches an uninterrupted run saw.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        *,
+        batch_size: int | None = None,
+        shuffle: bool | str = False,
+        class_weight: dict | None = None,
+        seed: int | None = None,
+    ):
+        if shuffle not in (True, False, "batch"):
+            raise ValueError(
+                f'`shuffle` must be True, False or "batch"; received shuffle={shuffle!r}.'
+            )
+        x = tf.nest.map_structure(lambda a: structure.to_array(a, "x"), x)
+        y = None if y is None else tf.nest.map_structure(lambda a: structure.to_array(a, "y"), y)
+        if sample_weight is not None:
+            sample_weight = tf.nest.map_structure(
+                lambda a: structure.to_array(a, "sample_weight"), sample_weight
+            )
+        self._num_samples = structure.check_consistent_lengths(
+            {"x": x, "y": y, "sample_weight": sample_weight}
+        )
+        if sample_weight is not None and y is None:
+            raise ValueError("`sample_weight` was given without `y`; weights apply to targets.")
+        self._batch_size = min(batch_size or 32, self._num_samples)
+        self._shuffle = shuffle
+        self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
+        self._class_weight = class_weight
+        self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self._num_samples // self._batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def can_repeat(self) -> bool:
+        return True
+
+    def _epoch_index_batches(self, epoch: tf.Tensor) -> tf.data.Dataset:
+        n, bs = self._num_samples, self._batch_size
+        indices = tf.range(n, dtype=tf.int64)
+        seed = tf.stack([tf.constant(self._seed, tf.int64), epoch])
+        if self._shuffle is True:
+            indices = tf.random.experimental.stateless_shuffle(indices, seed=seed)
+        full = (n // bs) * bs
+        batches = tf.data.Dataset.from_tensor_slices(tf.reshape(indices[:full], [-1, bs]))
+        if self._shuffle == "batch":
+            # Shuffle the order of contiguous batches, then the rows inside each.
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n // bs, dtype=tf.int64), seed=seed
+            )
+            batches = tf.data.Dataset.from_tensor_slices(
+                tf.gather(tf.reshape(indices[:full], [-1, bs]), order)
+            ).map(
+                lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1)
+            )
+        if full < n:
+            batches = batches.concatenate(tf.data.Dataset.from_tensors(indices[full:]))
+        return batches
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        last = _MAX_EPOCHS if repeat else first_epoch + 1
+        index_batches = tf.data.Dataset.range(first_epoch, last).flat_map(
+            self._epoch_index_batches
+        )
+        data = tf.data.Dataset.from_tensors(self._data).repeat()
+
+        def gather(idx, arrays):
+            return tf.nest.map_structure(lambda a: tf.gather(a, idx, axis=0), arrays)
+
+        dataset = tf.data.Dataset.zip((index_batches, data)).map(
+            gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        if self._class_weight is not None:
+            dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class DatasetAdapter(DataAdapter):
+    """A user's `tf.data.Dataset`, already batched; elements unpacked per the seed."""
+
+    def __init__(self, dataset: tf.data.Dataset, *, class_weight: dict | None = None):
+        spec = dataset.element_spec
+        structure.check_not_namedtuple(spec, "x")
+        if isinstance(spec, tuple):
+            if not 1 <= len(spec) <= 3:
+                raise ValueError(
+                    "A tf.data.Dataset passed as `x` must yield `(x,)`, `(x, y)` or "
+                    f"`(x, y, sample_weight)`; its elements are tuples of length {len(spec)}: "
+                    f"{spec}."
+                )
+            for part in spec:
+                structure.check_not_namedtuple(part, "x")
+        else:
+            dataset = dataset.map(lambda *x: (x[0] if len(x) == 1 else x,))
+        self._dataset = dataset
+        self._class_weight = class_weight
+        if class_weight is not None and (not isinstance(spec, tuple) or len(spec) < 2):
+            raise ValueError("`class_weight` needs targets, but the dataset yields no `y`.")
+        cardinality = int(dataset.cardinality())
+        self._infinite = cardinality == int(tf.data.INFINITE_CARDINALITY)
+        self._num_batches = cardinality if cardinality >= 0 else None
+
+    @property
+    def num_batches(self) -> int | None:
+        return self._num_batches
+
+    @property
+    def is_infinite(self) -> bool:
+        return self._infinite
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        dataset = self._dataset
+        if self._class_weight is not None:
+            dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
+        return dataset
+
+
+def get_adapter(
+    x: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    *,
+    batch_size: int | None = None,
+    shuffle: bool | str = False,
+    class_weight: dict | None = None,
+    steps: int | None = None,
+    argument: str = "x",
+) -> DataAdapter:
+    """Picks the adapter for `x`, with the seed's rules on what may accompany it."""
+    del steps
+    if x is None:
+        raise ValueError(f"`{argument}` is required; received None.")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
+        if batch_size <= 0:
+            raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size}.")
+    if class_weight is not None:
+        class_weight_lib.validate(class_weight)
+    if isinstance(x, tf.data.Dataset):
+        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a tf.data.Dataset")
+        return DatasetAdapter(x, class_weight=class_weight)
+    if isinstance(x, (tf.distribute.DistributedDataset,)):
+        raise TypeError(
+            "`x` is an already-distributed dataset; pass the plain tf.data.Dataset "
+            "and let the model distribute it under its strategy."
+        )
+    structure.check_not_namedtuple(x, "x")
+    if structure.is_array_structure(x):
+        if y is not None and not structure.is_array_structure(y):
+            raise TypeError(
+                f"`y` must be an array or a list/dict of arrays when `x` is; received {type(y).__name__}."
+            )
+        if sample_weight is not None and not structure.is_array_structure(sample_weight):
+            raise TypeError(
+                "`sample_weight` must be an array when `x` is; received "
+                f"{type(sample_weight).__name__}."
+            )
+        return ArrayAdapter(
+            x,
+            y,
+            sample_weight,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            class_weight=class_weight,
+        )
+    raise TypeError(
+        f"Unrecognized data type for `{argument}`: {type(x).__name__}. Accepted: a NumPy "
+        "array or array-like, a tensor, a list or dict of arrays/tensors, or a "
+        "tf.data.Dataset."
+    )
+
+
+def _reject_with_dataset(*, y, sample_weight, batch_size, kind: str) -> None:
+    if y is not None:
+        raise ValueError(
+            f"`y` must not be given when `x` is {kind}: the targets come from `x` "
+            "(yield `(x, y)` or `(x, y, sample_weight)`)."
+        )
+    if sample_weight is not None:
+        raise ValueError(
+            f"`sample_weight` must not be given when `x` is {kind}: yield "
+            "`(x, y, sample_weight)` instead."
+        )
+    if batch_size is not None:
+        raise ValueError(
+            f"`batch_size` must not be given when `x` is {kind}: it is already "
+            f"batched (received batch_size={batch_size})."
+        )
+
+
+def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:
+    """Splits `(x, y, sw)` arrays: the last `validation_split` fraction, before shuffling."""
+    flat = [a for a in tf.nest.flatten(arrays) if a is not None]
+    n = int(flat[0].shape[0])
+    split_at = int(np.floor(n * (1.0 - validation_split)))
+    if split_at == 0 or split_at == n:
+        raise ValueError(
+            f"validation_split={validation_split} leaves "
+            f"{'no training' if split_at == 0 else 'no validation'} samples out of {n}; "
+            "choose a fraction that keeps at least one sample on each side."
+        )
+
+    def take(lo, hi):
+        return tf.nest.map_structure(
+            lambda a: None if a is None else a[lo:hi], arrays
+        )
+
+    return take(0, split_at), take(split_at, n)

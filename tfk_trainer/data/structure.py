@@ -1,0 +1,150 @@
+"""Unpacking and checking of the `(x, y, sample_weight)` structure of a batch.
+
+The seeds define one rule for iterator-like inputs: an element is a tuple of
+length 1, 2 or 3 read as `(x, y, sample_weight)`; anything else is `x` alone.
+Namedtuples are rejected because they are both ordered and keyed. Every
+adapter funnels its elements through `unpack_x_y_sample_weight`, so the rule
+lives in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+
+def is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(value, "_fields")
+
+
+def check_not_namedtuple(value: Any, argument: str) -> None:
+    """Raises a clear `TypeError` for namedtuples anywhere at the top of a batch."""
+    if is_namedtuple(value):
+        raise TypeError(
+            f"`{argument}` yielded a namedtuple ({type(value).__name__} with fields "
+            f"{value._fields}). Namedtuples are ambiguous (ordered like a tuple, keyed "
+            "like a dict) and are not accepted: yield a plain tuple `(x, y)` or "
+            "`(x, y, sample_weight)`, with dicts inside it for named inputs."
+        )
+
+
+def unpack_x_y_sample_weight(data: Any) -> tuple[Any, Any, Any]:
+    """Splits one element into `(x, y, sample_weight)` per the seed's rule."""
+    check_not_namedtuple(data, "x")
+    if isinstance(data, list):
+        data = tuple(data)
+    if not isinstance(data, tuple):
+        return data, None, None
+    if len(data) == 1:
+        return data[0], None, None
+    if len(data) == 2:
+        return data[0], data[1], None
+    if len(data) == 3:
+        return data[0], data[1], data[2]
+    raise ValueError(
+        "Data is expected to be a tuple of length 1, 2 or 3 read as `(x,)`, "
+        f"`(x, y)` or `(x, y, sample_weight)`; received a tuple of length {len(data)}."
+    )
+
+
+def pack_x_y_sample_weight(x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
+    if y is None:
+        return (x,)
+    if sample_weight is None:
+        return (x, y)
+    return (x, y, sample_weight)
+
+
+def is_array_like(value: Any) -> bool:
+    """True for NumPy arrays, tensors and objects that look like arrays."""
+    if isinstance(value, (np.ndarray, tf.Tensor, tf.Variable)):
+        return True
+    if isinstance(value, (str, bytes, dict, list, tuple)) or value is None:
+        return False
+    if isinstance(value, (tf.data.Dataset,)):
+        return False
+    return hasattr(value, "__array__") or (hasattr(value, "shape") and hasattr(value, "dtype"))
+
+
+def is_array_structure(value: Any) -> bool:
+    """True for an array or a (possibly nested) list/tuple/dict of arrays."""
+    if value is None:
+        return False
+    if is_namedtuple(value):
+        return False
+    leaves = tf.nest.flatten(value)
+    return bool(leaves) and all(is_array_like(leaf) for leaf in leaves)
+
+
+def to_array(value: Any, argument: str) -> Any:
+    """Converts an array-like leaf to a NumPy array or keeps a tensor, checking dtype."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if isinstance(value, tf.Variable):
+            return tf.convert_to_tensor(value)
+        return value
+    if hasattr(value, "toarray") and hasattr(value, "tocoo"):  # SciPy sparse
+        value = value.toarray()
+    elif hasattr(value, "to_numpy"):  # pandas DataFrame / Series
+        value = value.to_numpy()
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise TypeError(
+            f"`{argument}` holds Python objects (dtype=object, shape {array.shape}); "
+            "expected a numeric or string array. Mixed types or ragged nested lists "
+            "cannot be batched: convert them to a numeric NumPy array first."
+        )
+    if array.dtype.kind == "U":
+        array = array.astype(object).astype(bytes)
+    if array.ndim == 0:
+        raise ValueError(
+            f"`{argument}` is a scalar ({array!r}); expected an array whose first "
+            "dimension indexes samples."
+        )
+    return array
+
+
+def num_samples(value: Any) -> int:
+    first = tf.nest.flatten(value)[0]
+    return int(first.shape[0])
+
+
+def check_consistent_lengths(named: dict[str, Any]) -> int:
+    """Checks that every leaf of every argument has the same number of samples."""
+    lengths: dict[str, int] = {}
+    for argument, value in named.items():
+        if value is None:
+            continue
+        paths = _leaf_paths(value, argument)
+        for path, leaf in paths:
+            if leaf.shape is None or len(leaf.shape) == 0:
+                raise ValueError(f"`{path}` is a scalar; expected an array of samples.")
+            lengths[path] = int(leaf.shape[0])
+    distinct = sorted(set(lengths.values()))
+    if len(distinct) > 1:
+        detail = ", ".join(f"{p}: {n}" for p, n in lengths.items())
+        raise ValueError(
+            "All arrays must have the same number of samples (first dimension); "
+            f"received {detail}."
+        )
+    if distinct and distinct[0] == 0:
+        raise ValueError(
+            "The input data is empty (0 samples); `fit`, `evaluate` and `predict` "
+            "need at least one sample."
+        )
+    return distinct[0] if distinct else 0
+
+
+def _leaf_paths(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out = []
+        for key in value:
+            out.extend(_leaf_paths(value[key], f"{prefix}[{key!r}]"))
+        return out
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, item in enumerate(value):
+            out.extend(_leaf_paths(item, f"{prefix}[{i}]"))
+        return out
+    return [(prefix, value)]

@@ -1,0 +1,275 @@
+"""The Python epoch driver: epochs, executions, validation cadence, callbacks.
+
+It owns policy and nothing numeric: how many steps the next execution may
+run (capped at the steps left in the epoch), when an iterator is fresh or
+persists across epochs, when to validate, and which hooks to call with
+which step index. Numbers stay on the device until a reader needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer.callbacks.base import CallbackList, LazyLogs
+from tfk_trainer.data.adapters import DataAdapter
+from tfk_trainer.engine.execution import XlaFallback
+
+log = logging.getLogger("tfk_trainer")
+
+
+@dataclass
+class EpochPlan:
+    """How many steps an epoch runs, and where its batches come from."""
+
+    adapter: DataAdapter
+    steps: int | None  # None: until the data ends
+    persistent: bool  # one iterator for all epochs (steps_per_epoch given)
+
+    @classmethod
+    def create(cls, adapter: DataAdapter, steps: int | None, argument: str) -> EpochPlan:
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+                raise TypeError(f"`{argument}` must be a positive int or None; received {steps!r}.")
+            steps = int(steps)
+            if steps == -1:
+                if not adapter.is_infinite and adapter.num_batches is not None:
+                    steps = None
+                else:
+                    return cls(adapter, None, persistent=True)
+            elif steps <= 0:
+                raise ValueError(f"`{argument}` must be a positive int, -1 or None; received {steps}.")
+            else:
+                return cls(adapter, steps, persistent=True)
+        if adapter.is_infinite:
+            raise ValueError(
+                f"The data is infinite (a repeating dataset) and `{argument}` is None, so an "
+                f"epoch would never end. Pass `{argument}` (the number of batches per epoch)."
+            )
+        return cls(adapter, adapter.num_batches, persistent=False)
+
+
+class Iterators:
+    """Creates distributed iterators for an adapter, fresh or persistent."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, plan: EpochPlan, first_epoch: int):
+        self._strategy = strategy
+        self._plan = plan
+        self._first_epoch = first_epoch
+        self._persistent = None
+
+    def _make(self, epoch: int, repeat: bool):
+        dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
+        distributed = self._strategy.experimental_distribute_dataset(dataset)
+        return iter(distributed)
+
+    def for_epoch(self, epoch: int):
+        if not self._plan.persistent:
+            return self._make(epoch, repeat=False)
+        if self._persistent is None:
+            self._persistent = self._make(
+                self._first_epoch, repeat=self._plan.adapter.can_repeat
+            )
+        return self._persistent
+
+    def reset(self, epoch: int):
+        """A fresh iterator after an XLA fallback (nothing was trained)."""
+        self._persistent = None
+        return self.for_epoch(epoch)
+
+
+class Driver:
+    """Runs fit, evaluate and predict over a model's compiled functions."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    # -- evaluate ----------------------------------------------------------
+
+    def evaluate_loop(
+        self,
+        plan: EpochPlan,
+        callbacks: CallbackList,
+        *,
+        iterators: Iterators | None = None,
+    ) -> dict[str, float]:
+        model = self.model
+        model.reset_metrics()
+        iterators = iterators or Iterators(model.distribute_strategy, plan, 0)
+        callbacks.on_test_begin()
+        plan.adapter.on_epoch_begin(0)
+        iterator = iterators.for_epoch(0)
+        function = model._executor.test
+        spe = model._test_steps_per_execution
+        step = 0
+        while plan.steps is None or step < plan.steps:
+            callbacks.on_test_batch_begin(step)
+            requested = spe if plan.steps is None else min(spe, plan.steps - step)
+            try:
+                ran_t = function(iterator, tf.constant(requested, tf.int64))
+            except XlaFallback:
+                iterator = iterators.reset(0)
+                model.reset_metrics()
+                continue
+            ran = int(ran_t) if plan.steps is None else requested
+            if ran == 0:
+                break
+            step += ran
+            if callbacks.wants_batch("on_test_batch_end"):
+                callbacks.on_test_batch_end(step - 1, self._lazy_logs())
+            if ran < requested:
+                break
+        plan.adapter.on_epoch_end(0)
+        logs = model._materialized_logs()
+        callbacks.on_test_end(logs)
+        return logs
+
+    # -- predict -----------------------------------------------------------
+
+    def predict_loop(self, plan: EpochPlan, callbacks: CallbackList) -> Any:
+        model = self.model
+        iterators = Iterators(model.distribute_strategy, plan, 0)
+        callbacks.on_predict_begin()
+        plan.adapter.on_epoch_begin(0)
+        iterator = iterators.for_epoch(0)
+        spe = model._compile_config.steps_per_execution if model._compile_config else 1
+        chunks: list[Any] = []
+        step = 0
+        while plan.steps is None or step < plan.steps:
+            callbacks.on_predict_batch_begin(step)
+            requested = spe if plan.steps is None else min(spe, plan.steps - step)
+            try:
+                ran_t, outputs = model._executor.predict(iterator, tf.constant(requested, tf.int64))
+            except XlaFallback:
+                iterator = iterators.reset(0)
+                chunks.clear()
+                continue
+            ran = int(ran_t)
+            if ran == 0:
+                break
+            outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+            chunks.append(outputs)
+            step += ran
+            if callbacks.wants_batch("on_predict_batch_end"):
+                callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
+            if ran < requested:
+                break
+        plan.adapter.on_epoch_end(0)
+        callbacks.on_predict_end()
+        if not chunks:
+            raise ValueError(
+                "`predict` received no data: the input yielded no batches. Check that "
+                "`x` is not empty and that `steps` is not larger than the data."
+            )
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts, axis=0), *chunks)
+
+    # -- fit ---------------------------------------------------------------
+
+    def fit_loop(
+        self,
+        plan: EpochPlan,
+        callbacks: CallbackList,
+        *,
+        initial_epoch: int,
+        epochs: int,
+        validation: Callable[[], dict[str, float]] | None,
+        validation_freq: Any,
+    ) -> None:
+        model = self.model
+        iterators = Iterators(model.distribute_strategy, plan, initial_epoch)
+        spe = model._compile_config.steps_per_execution
+        callbacks.on_train_begin()
+        epoch_logs: dict[str, float] = {}
+        model.stop_training = False
+        for epoch in range(initial_epoch, epochs):
+            model.reset_metrics()
+            plan.adapter.on_epoch_begin(epoch)
+            callbacks.on_epoch_begin(epoch)
+            iterator = iterators.for_epoch(epoch)
+            step = 0
+            ran_out = False
+            while plan.steps is None or step < plan.steps:
+                requested = spe if plan.steps is None else min(spe, plan.steps - step)
+                callbacks.on_train_batch_begin(step)
+                try:
+                    ran_t = model._executor.train(iterator, tf.constant(requested, tf.int64))
+                except XlaFallback:
+                    if step:
+                        raise
+                    iterator = iterators.reset(epoch)
+                    model.reset_metrics()
+                    continue
+                # Reading the count forces a host sync: only when the data may end.
+                if plan.steps is None or (plan.persistent and not plan.adapter.can_repeat):
+                    ran = int(ran_t)
+                else:
+                    ran = requested
+                step += ran
+                if ran:
+                    if callbacks.wants_batch("on_train_batch_end"):
+                        callbacks.on_train_batch_end(step - 1, self._lazy_logs())
+                if ran < requested:
+                    if plan.steps is not None:
+                        ran_out = True
+                    break
+                if model.stop_training:
+                    break
+            plan.adapter.on_epoch_end(epoch)
+            if step == 0:
+                warnings.warn(
+                    "Your input ran out of data before training could run a step in epoch "
+                    f"{epoch}; training stops. Make sure the data can provide "
+                    "`steps_per_epoch * epochs` batches (e.g. with `.repeat()`).",
+                    stacklevel=3,
+                )
+                model.stop_training = True
+                break
+            epoch_logs = model._materialized_logs()
+            if validation is not None and _should_validate(epoch, validation_freq):
+                val_logs = validation()
+                epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            epoch_logs = dict(sorted(epoch_logs.items()))
+            callbacks.on_epoch_end(epoch, epoch_logs)
+            if ran_out:
+                warnings.warn(
+                    f"Your input ran out of data in epoch {epoch} after {step} of "
+                    f"{plan.steps} steps; training stops. Make sure the data can provide "
+                    "`steps_per_epoch * epochs` batches (e.g. with `.repeat()`).",
+                    stacklevel=3,
+                )
+                break
+            if model.stop_training:
+                break
+        callbacks.on_train_end(epoch_logs)
+
+    def _lazy_logs(self) -> LazyLogs:
+        return LazyLogs(self.model.metrics_names, self.model._executor.read_logs)
+
+
+def _should_validate(epoch: int, validation_freq: Any) -> bool:
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return (epoch + 1) in validation_freq
+
+
+def check_validation_freq(validation_freq: Any) -> Any:
+    if isinstance(validation_freq, bool):
+        raise TypeError(f"`validation_freq` must be an int or a list of ints; received {validation_freq!r}.")
+    if isinstance(validation_freq, (int, np.integer)):
+        if validation_freq < 1:
+            raise ValueError(f"`validation_freq` must be >= 1; received {validation_freq}.")
+        return int(validation_freq)
+    if isinstance(validation_freq, (list, tuple, set)) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in validation_freq
+    ):
+        return {int(v) for v in validation_freq}
+    raise TypeError(
+        "`validation_freq` must be an int (validate every N epochs) or a list of "
+        f"1-indexed epochs; received {validation_freq!r}."
+    )

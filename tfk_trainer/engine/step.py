@@ -1,0 +1,115 @@
+"""One replica's arithmetic: losses normalised by the *global* batch.
+
+Every function here runs inside `strategy.run` (replica context) and is pure
+TF, so it compiles with XLA and would run on a TPU. Losses are reduced by the
+global number of elements (an all-reduce of the local counts) rather than
+each replica's own, so replicas with uneven shares of a partial last batch
+still add up to exactly the single-device loss, and summing gradients across
+replicas gives exactly the single-device gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+
+def _replica_context() -> tf.distribute.ReplicaContext:
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        raise RuntimeError("The train/test step must run inside `strategy.run`.")
+    return ctx
+
+
+def num_replicas() -> int:
+    return _replica_context().num_replicas_in_sync
+
+
+def all_reduce_sum(value: tf.Tensor) -> tf.Tensor:
+    ctx = _replica_context()
+    if ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def batch_size_of(x: Any) -> tf.Tensor:
+    """The local batch size (dynamic), from the first leaf of `x`."""
+    return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def _squeeze_or_expand(values: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Keras's rank reconciliation between per-element losses and weights."""
+    v_rank, w_rank = values.shape.rank, weights.shape.rank
+    if v_rank is None or w_rank is None or v_rank == w_rank:
+        return values, weights
+    if v_rank == w_rank + 1 and values.shape[-1] == 1:
+        if w_rank == 1:
+            weights = tf.expand_dims(weights, -1)
+        else:
+            values = tf.squeeze(values, -1)
+    elif w_rank == v_rank + 1 and weights.shape[-1] == 1:
+        if v_rank == 1:
+            values = tf.expand_dims(values, -1)
+        else:
+            weights = tf.squeeze(weights, -1)
+    # Per-sample weights broadcast over trailing loss dimensions.
+    while weights.shape.rank is not None and weights.shape.rank < values.shape.rank:
+        weights = tf.expand_dims(weights, -1)
+    return values, weights
+
+
+def loss_sum_and_count(
+    loss: keras.losses.Loss, y_true: Any, y_pred: Any, sample_weight: Any
+) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
+    """The local weighted loss sum and the count it must be divided by.
+
+    Returns `(local_sum, local_count, local_batch)`. `local_count` is None for
+    the "sum" reductions (no division). A loss function that already returns
+    a scalar (its own local mean) is weighted by the local batch size.
+    """
+    dtype = getattr(loss, "dtype", None) or "float32"
+    mask = getattr(y_pred, "_keras_mask", None)
+    y_pred = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_pred)
+    y_true = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_true)
+    values = tf.cast(loss.call(y_true, y_pred), dtype)
+    out_mask = getattr(values, "_keras_mask", None)
+    if mask is not None and out_mask is not None:
+        mask = tf.logical_and(tf.cast(mask, tf.bool), tf.cast(out_mask, tf.bool))
+    elif out_mask is not None:
+        mask = out_mask
+    local_batch = tf.cast(batch_size_of(y_pred), dtype)
+    reduction = getattr(loss, "reduction", "sum_over_batch_size") or "none"
+
+    if values.shape.rank == 0:
+        return values * local_batch, local_batch, local_batch
+
+    weights = None
+    if sample_weight is not None:
+        weights = tf.cast(sample_weight, dtype)
+    if mask is not None:
+        float_mask = tf.cast(mask, dtype)
+        if weights is None:
+            weights = float_mask
+        else:
+            float_mask, weights = _squeeze_or_expand(float_mask, weights)
+            weights = weights * float_mask
+    if weights is not None:
+        values, weights = _squeeze_or_expand(values, weights)
+        values = values * weights
+    local_sum = tf.reduce_sum(values)
+
+    if reduction in ("sum", "none"):
+        return local_sum, None, local_batch
+    if reduction == "mean_with_sample_weight" and weights is not None:
+        count = tf.reduce_sum(tf.broadcast_to(weights, tf.shape(values)))
+    elif mask is not None:
+        count = tf.reduce_sum(tf.broadcast_to(tf.cast(mask, dtype), tf.shape(values)))
+    else:
+        count = tf.cast(tf.size(values), dtype)
+    return local_sum, count, local_batch
+
+
+def divide_no_nan(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    return tf.math.divide_no_nan(a, tf.cast(b, a.dtype))

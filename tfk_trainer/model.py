@@ -1,0 +1,797 @@
+"""`tfk_trainer.Model`: the Keras `Model` training API on our own engine.
+
+A `Model` wraps any callable network (a Keras 3 layer or model, a
+`tf.Module`, a Sonnet module) or is subclassed with `call(inputs,
+training=False)`. It is a `tf.Module`, so `tf.train.Checkpoint` tracks the
+network and the optimizer, and it finds variables of Keras layers and of
+`tf.Module`s alike (a plain `tf.Module` does not see Keras variables).
+
+The override points are Keras's: `train_step`, `test_step`, `predict_step`
+run once per replica per step; `compute_loss` and `compute_metrics` are
+called from them.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer import compile as compile_lib
+from tfk_trainer.callbacks.base import CallbackList
+from tfk_trainer.callbacks.history import History
+from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
+from tfk_trainer.data import adapters as adapters_lib
+from tfk_trainer.data import structure
+from tfk_trainer.engine import execution, step as step_lib
+from tfk_trainer.engine.loop import Driver, EpochPlan, Iterators, check_validation_freq
+
+# Attributes of the engine itself, never walked for the network's variables.
+_ENGINE_ATTRS = frozenset(
+    {"optimizer", "_loss_tracker", "_state", "_compile_config", "history", "_objectives"}
+)
+
+
+class _LossTracker(keras.metrics.Metric):
+    """The `loss` log: a batch-size-weighted mean across steps and replicas.
+
+    Each replica adds `contribution * global_batch` to the total and its own
+    batch size to the count, so the result is the mean of the per-batch
+    losses weighted by their real sizes, however a batch was split.
+    """
+
+    def __init__(self, name: str = "loss"):
+        super().__init__(name=name)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
+
+    def update_state(self, weighted_total, count):
+        self.total.assign_add(tf.cast(weighted_total, "float32"))
+        self.count.assign_add(tf.cast(count, "float32"))
+
+    def result(self):
+        return tf.math.divide_no_nan(tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.count))
+
+
+class _EngineState:
+    """Plain (untracked) holder for compiled functions and caches."""
+
+    def __init__(self) -> None:
+        self.built = False
+        self.trainable: list = []
+        self.non_trainable: list = []
+        self.layers: list = []
+        self.executor: _Executor | None = None
+        self.output_structure: Any = None
+        self.y_spec: Any = None
+
+
+class _Executor:
+    """The model's compiled functions for one compile() and strategy."""
+
+    def __init__(self, model: Model, jit: bool, allow_fallback: bool, run_eagerly: bool):
+        strategy = model.distribute_strategy
+        self.train = execution.CompiledFunction(
+            lambda j: execution.make_step_loop(strategy, model.train_step, jit=j, run_eagerly=run_eagerly),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="train",
+        )
+        self.test = execution.CompiledFunction(
+            lambda j: execution.make_step_loop(strategy, model.test_step, jit=j, run_eagerly=run_eagerly),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="test",
+        )
+        self.predict = execution.CompiledFunction(
+            lambda j: execution.make_predict_loop(
+                strategy, model.predict_step, model._state.output_structure, jit=j, run_eagerly=run_eagerly
+            ),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="predict",
+        )
+        read = model._metric_results
+        self.read_logs = read if run_eagerly else tf.function(read)
+
+
+def _accepts_training(fn: Any) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
+    shape = [1 if d is None else d for d in spec.shape.as_list()] if spec.shape.rank is not None else [1]
+    if spec.dtype == tf.string:
+        return tf.fill(shape, "")
+    return tf.zeros(shape, spec.dtype)
+
+
+class Model(tf.Module):
+    """The Keras training API (`compile`, `fit`, `evaluate`, `predict`, `*_on_batch`).
+
+    Args:
+        network: the callable to train: a Keras layer or model, a `tf.Module`
+            or a Sonnet module. Omit it when subclassing and implementing `call`.
+        name: optional module name.
+    """
+
+    def __init__(self, network: Any = None, *, name: str | None = None):
+        super().__init__(name=name)
+        if network is not None and not callable(network):
+            raise TypeError(
+                "`network` must be callable (a Keras layer/model, a tf.Module with "
+                f"__call__, or a Sonnet module); received {type(network).__name__}."
+            )
+        self.network = network
+        self._state = _EngineState()
+        self._compile_config = None
+        self._objectives = None
+        self.optimizer = None
+        self._loss_tracker = None
+        self.stop_training = False
+        self.history = None
+        self._strategy = None
+        self._network_takes_training = network is not None and _accepts_training(
+            getattr(network, "call", network) if isinstance(network, keras.layers.Layer) else network
+        )
+        if isinstance(network, keras.layers.Layer):
+            self._network_takes_training = True
+
+    # -- forward -------------------------------------------------------------
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        """The forward pass; override it when subclassing without a network."""
+        if self.network is None:
+            raise NotImplementedError(
+                "tfk_trainer.Model has no network: pass one (`tfk.Model(net)`) or subclass "
+                "Model and implement `call(self, inputs, training=False)`."
+            )
+        if self._network_takes_training:
+            return self.network(inputs, training=training)
+        return self.network(inputs)
+
+    def __call__(self, inputs: Any, training: bool = False) -> Any:
+        return self.call(inputs, training=training)
+
+    # -- variables -----------------------------------------------------------
+
+    def _walk(self) -> tuple[list, list]:
+        """Keras layers and bare tf.Variables reachable from the model, in a stable order."""
+        layers: list = []
+        variables: list = []
+        seen: set[int] = set()
+
+        def visit(obj: Any) -> None:
+            if obj is None or isinstance(obj, (str, bytes, int, float, bool, np.ndarray)):
+                return
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, keras.layers.Layer):
+                layers.append(obj)
+            elif isinstance(obj, keras.Variable):
+                variables.append(obj)
+            elif isinstance(obj, tf.Variable):
+                variables.append(obj)
+            elif isinstance(obj, tf.Module):
+                for key in sorted(vars(obj)):
+                    if obj is self and key in _ENGINE_ATTRS:
+                        continue
+                    visit(vars(obj)[key])
+            elif isinstance(obj, collections.abc.Mapping):
+                for key in sorted(obj, key=str):
+                    visit(obj[key])
+            elif isinstance(obj, (list, tuple)) or (
+                isinstance(obj, collections.abc.Sequence) and not isinstance(obj, (str, bytes))
+            ):
+                for item in obj:
+                    visit(item)
+
+        visit(self)
+        return layers, variables
+
+    def _collect_variables(self) -> tuple[list, list]:
+        layers, bare = self._walk()
+        trainable: list = []
+        non_trainable: list = []
+        seen: set[int] = set()
+
+        def add(v: Any, is_trainable: bool) -> None:
+            key = id(v)
+            if key in seen:
+                return
+            seen.add(key)
+            (trainable if is_trainable else non_trainable).append(v)
+
+        for layer in layers:
+            for v in layer.trainable_variables:
+                add(v, True)
+            for v in layer.non_trainable_variables:
+                add(v, False)
+        for v in bare:
+            add(v, bool(getattr(v, "trainable", True)))
+        self._state.layers = layers
+        return trainable, non_trainable
+
+    @property
+    def trainable_variables(self) -> list:
+        if self._state.built:
+            return list(self._state.trainable)
+        return self._collect_variables()[0]
+
+    @property
+    def non_trainable_variables(self) -> list:
+        if self._state.built:
+            return list(self._state.non_trainable)
+        return self._collect_variables()[1]
+
+    @property
+    def variables(self) -> list:
+        return self.trainable_variables + self.non_trainable_variables
+
+    @property
+    def weights(self) -> list:
+        return self.variables
+
+    @property
+    def trainable_weights(self) -> list:
+        return self.trainable_variables
+
+    @property
+    def non_trainable_weights(self) -> list:
+        return self.non_trainable_variables
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def set_weights(self, weights: list) -> None:
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(
+                f"`set_weights` expects {len(variables)} arrays (one per variable); received {len(weights)}."
+            )
+        for v, w in zip(variables, weights):
+            if tuple(v.shape) != tuple(np.shape(w)):
+                raise ValueError(
+                    f"Weight shape mismatch for variable {v.name}: expected {tuple(v.shape)}, "
+                    f"received {np.shape(w)}."
+                )
+            v.assign(w)
+
+    @property
+    def losses(self) -> list:
+        """Regularization and `add_loss` losses of the Keras layers, from the last call."""
+        layers = self._state.layers if self._state.built else self._walk()[0]
+        out = []
+        for layer in layers:
+            out.extend(layer.losses)
+        return out
+
+    # -- compile -------------------------------------------------------------
+
+    @property
+    def distribute_strategy(self) -> tf.distribute.Strategy:
+        return self._strategy or tf.distribute.get_strategy()
+
+    @property
+    def compiled(self) -> bool:
+        return self._compile_config is not None
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile="auto",
+        auto_scale_loss=True,
+    ) -> None:
+        """Configures the model for training (the seed's nine arguments).
+
+        Build and compile under `strategy.scope()` to train under a strategy,
+        exactly as with Keras; the strategy in scope here is the one used.
+        """
+        strategy = tf.distribute.get_strategy()
+        with strategy.scope():
+            config = compile_lib.check_compile_args(
+                optimizer=optimizer,
+                loss=loss,
+                loss_weights=loss_weights,
+                metrics=metrics,
+                weighted_metrics=weighted_metrics,
+                run_eagerly=run_eagerly,
+                steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile,
+                auto_scale_loss=auto_scale_loss,
+            )
+            self._jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
+            policy = keras.config.dtype_policy()
+            if (
+                auto_scale_loss
+                and getattr(policy, "name", "") == "mixed_float16"
+                and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
+            ):
+                config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
+        self._strategy = strategy
+        self._compile_config = config
+        self.optimizer = config.optimizer
+        self._objectives = None
+        self._loss_tracker = None
+        self._state.built = False
+        self._state.executor = None
+
+    def _require_compiled(self, method: str) -> None:
+        if self._compile_config is None:
+            raise RuntimeError(
+                f"You must call `compile()` before `{method}()`: the model has no optimizer, "
+                "loss or metrics yet."
+            )
+
+    @property
+    def _executor(self) -> _Executor:
+        return self._state.executor
+
+    @property
+    def _test_steps_per_execution(self) -> int:
+        return self._compile_config.steps_per_execution
+
+    def _ensure_built(self, element_spec: tuple) -> None:
+        """Creates variables, resolves loss and metrics, builds the optimizer.
+
+        Runs once, eagerly and under the strategy scope, on zeros shaped like
+        one batch, so no variable is ever created inside a step.
+        """
+        if self._state.built:
+            return
+        x_spec = element_spec[0]
+        y_spec = element_spec[1] if len(element_spec) > 1 else None
+        config = self._compile_config
+        with self.distribute_strategy.scope():
+            dummy = tf.nest.map_structure(_zeros_for, x_spec)
+            try:
+                y_pred = self(dummy, training=False)
+            except Exception as e:
+                raise ValueError(
+                    f"Calling the model on inputs shaped like the data failed: "
+                    f"{type(e).__name__}: {e}\nInput structure: {x_spec}"
+                ) from e
+            self._state.output_structure = tf.nest.map_structure(
+                lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+            )
+            objectives = compile_lib.build_objectives(config, y_spec, y_pred)
+            if objectives.loss is not None and y_spec is None:
+                raise ValueError(
+                    "The model was compiled with a loss, but the data has no targets `y`. "
+                    "Pass `y`, or yield `(x, y)` from the dataset."
+                )
+            self._loss_tracker = _LossTracker()
+            trainable, non_trainable = self._collect_variables()
+            if objectives.loss is None and not self.losses and config is not None:
+                raise ValueError(
+                    "The model has no loss to optimize: pass `loss` to compile() (or add "
+                    "losses with `add_loss` in a Keras layer)."
+                )
+            if not self.optimizer.built:
+                self.optimizer.build(trainable)
+        self._objectives = objectives
+        self._state.trainable = trainable
+        self._state.non_trainable = non_trainable
+        self._state.y_spec = y_spec
+        self._state.built = True
+        self._state.executor = _Executor(
+            self,
+            self._jit,
+            allow_fallback=config.jit_compile == "auto",
+            run_eagerly=config.run_eagerly,
+        )
+
+    # -- metrics -------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list:
+        if not self._state.built:
+            return []
+        return [self._loss_tracker] + [m.metric for m in self._objectives.metrics]
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """The names of `evaluate()`'s list, in its order (Keras gets this wrong)."""
+        if not self._state.built:
+            return []
+        return ["loss"] + self._objectives.metric_names
+
+    def reset_metrics(self) -> None:
+        for m in self.metrics:
+            m.reset_state()
+
+    def _metric_results(self) -> dict[str, tf.Tensor]:
+        results = {"loss": self._loss_tracker.result()}
+        for compiled in self._objectives.metrics:
+            results[compiled.name] = compiled.metric.result()
+        return results
+
+    def _materialized_logs(self) -> dict[str, Any]:
+        raw = self._executor.read_logs()
+        return {k: _to_python(v) for k, v in raw.items()}
+
+    # -- override points (run per replica) -----------------------------------
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ) -> tf.Tensor:
+        """This replica's share of the batch loss.
+
+        Summed over replicas it is the batch loss: each output's loss is
+        divided by the global number of elements, and the regularization
+        losses by the number of replicas.
+        """
+        loss, _ = self._loss_and_global_batch(x, y, y_pred, sample_weight)
+        return loss
+
+    def _loss_and_global_batch(self, x, y, y_pred, sample_weight) -> tuple[tf.Tensor, tf.Tensor]:
+        objectives = self._objectives
+        local_batch = tf.cast(step_lib.batch_size_of(x), tf.float32)
+        total = tf.constant(0.0, tf.float32)
+        if objectives.loss is not None:
+            local_sum, count, _ = step_lib.loss_sum_and_count(objectives.loss, y, y_pred, sample_weight)
+            local_sum = tf.cast(local_sum, tf.float32)
+            if count is None:
+                global_batch = step_lib.all_reduce_sum(local_batch)
+                total += objectives.loss_weight * local_sum
+            else:
+                reduced = step_lib.all_reduce_sum(tf.stack([tf.cast(count, tf.float32), local_batch]))
+                total += objectives.loss_weight * step_lib.divide_no_nan(local_sum, reduced[0])
+                global_batch = reduced[1]
+        else:
+            global_batch = step_lib.all_reduce_sum(local_batch)
+        extra = self.losses
+        if extra:
+            total += tf.add_n([tf.cast(v, tf.float32) for v in extra]) / step_lib.num_replicas()
+        return total, global_batch
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:
+        for compiled in self._objectives.metrics:
+            if compiled.weighted and sample_weight is not None:
+                compiled.metric.update_state(y, y_pred, sample_weight=sample_weight)
+            else:
+                compiled.metric.update_state(y, y_pred)
+
+    def _track_loss(self, loss: tf.Tensor, global_batch: tf.Tensor, x: Any) -> None:
+        local_batch = tf.cast(step_lib.batch_size_of(x), tf.float32)
+        self._loss_tracker.update_state(loss * global_batch, local_batch)
+
+    def _loss_for_step(self, x, y, y_pred, sample_weight) -> tuple[tf.Tensor, tf.Tensor]:
+        if type(self).compute_loss is Model.compute_loss:
+            return self._loss_and_global_batch(x, y, y_pred, sample_weight)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        global_batch = step_lib.all_reduce_sum(tf.cast(step_lib.batch_size_of(x), tf.float32))
+        return tf.cast(loss, tf.float32), global_batch
+
+    def train_step(self, data: Any) -> None:
+        """One replica's training step: forward, loss, gradients, update, metrics."""
+        x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
+        variables = self._state.trainable
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight)
+            scaled = self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        self._track_loss(loss, global_batch, x)
+        self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def test_step(self, data: Any) -> None:
+        """One replica's evaluation step: forward, loss, metrics."""
+        x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight)
+        self._track_loss(loss, global_batch, x)
+        self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def predict_step(self, data: Any) -> Any:
+        """One replica's prediction step."""
+        x, _, _ = structure.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    # -- fit / evaluate / predict --------------------------------------------
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        class_weight=None,
+        sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_steps=None,
+        validation_batch_size=None,
+        validation_freq=1,
+    ) -> History:
+        """Trains the model for a fixed number of epochs; returns a `History`."""
+        self._require_compiled("fit")
+        verbose = resolve_verbose(verbose)
+        _check_int(epochs, "epochs", minimum=0)
+        _check_int(initial_epoch, "initial_epoch", minimum=0)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+            raise TypeError(f"`validation_split` must be a float in [0, 1); received {validation_split!r}.")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"`validation_split` must be in [0, 1); received {validation_split}.")
+        validation_freq = check_validation_freq(validation_freq)
+        if validation_batch_size is not None:
+            _check_int(validation_batch_size, "validation_batch_size", minimum=1)
+
+        if validation_split and validation_data is None:
+            if not structure.is_array_structure(x):
+                raise ValueError(
+                    "`validation_split` is only supported for NumPy arrays and tensors; "
+                    f"received x of type {type(x).__name__}. Pass `validation_data` instead."
+                )
+            (x, y, sample_weight), validation_data = adapters_lib.train_validation_split(
+                (x, y, sample_weight), validation_split
+            )
+            if validation_data[2] is None:
+                validation_data = validation_data[:2]
+
+        adapter = adapters_lib.get_adapter(
+            x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, class_weight=class_weight
+        )
+        plan = EpochPlan.create(adapter, steps_per_epoch, "steps_per_epoch")
+        self._ensure_built(adapter.get_dataset().element_spec)
+
+        validation = None
+        if validation_data is not None:
+            vx, vy, vsw = _unpack_validation_data(validation_data)
+            val_adapter = adapters_lib.get_adapter(
+                vx,
+                vy,
+                vsw,
+                batch_size=validation_batch_size or (batch_size if vy is not None or structure.is_array_structure(vx) else None),
+                shuffle=False,
+                argument="validation_data",
+            )
+            val_plan = EpochPlan.create(val_adapter, validation_steps, "validation_steps")
+            val_plan.persistent = False
+            driver = Driver(self)
+
+            def validation() -> dict[str, float]:
+                return driver.evaluate_loop(
+                    val_plan,
+                    callback_list,
+                    iterators=Iterators(self.distribute_strategy, val_plan, 0),
+                )
+
+        history = History()
+        user_callbacks = list(callbacks or [])
+        all_callbacks = [history] + user_callbacks
+        if verbose and not any(isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks):
+            all_callbacks.append(ProgbarLogger(verbose))
+        callback_list = CallbackList(
+            all_callbacks,
+            model=self,
+            params={"verbose": verbose, "epochs": epochs, "steps": plan.steps},
+        )
+        try:
+            Driver(self).fit_loop(
+                plan,
+                callback_list,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                validation=validation,
+                validation_freq=validation_freq,
+            )
+        finally:
+            adapter.close()
+        self.history = history
+        return history
+
+    def evaluate(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        verbose="auto",
+        sample_weight=None,
+        steps=None,
+        callbacks=None,
+        return_dict=False,
+        **kwargs,
+    ):
+        """Returns the loss and metrics in test mode (scalar, list, or dict)."""
+        if kwargs:
+            raise TypeError(
+                f"evaluate() got unexpected keyword arguments {sorted(kwargs)}; accepted: x, y, "
+                "batch_size, verbose, sample_weight, steps, callbacks, return_dict."
+            )
+        self._require_compiled("evaluate")
+        verbose = resolve_verbose(verbose)
+        adapter = adapters_lib.get_adapter(x, y, sample_weight, batch_size=batch_size, shuffle=False)
+        plan = EpochPlan.create(adapter, steps, "steps")
+        plan.persistent = False
+        self._ensure_built(adapter.get_dataset().element_spec)
+        all_callbacks = list(callbacks or [])
+        if verbose:
+            all_callbacks.append(ProgbarLogger(verbose))
+        callback_list = CallbackList(
+            all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
+        )
+        try:
+            logs = Driver(self).evaluate_loop(plan, callback_list)
+        finally:
+            adapter.close()
+        return self._format_results(logs, return_dict)
+
+    def _format_results(self, logs: dict[str, Any], return_dict: bool):
+        if return_dict:
+            return dict(sorted(logs.items()))
+        values = [logs[name] for name in self.metrics_names if name in logs]
+        values += [logs[k] for k in sorted(logs) if k not in self.metrics_names]
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Generates predictions; nested and dict outputs keep their structure."""
+        verbose = resolve_verbose(verbose)
+        adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False)
+        plan = EpochPlan.create(adapter, steps, "steps")
+        plan.persistent = False
+        self._ensure_predict_ready(adapter.get_dataset().element_spec)
+        all_callbacks = list(callbacks or [])
+        if verbose:
+            all_callbacks.append(ProgbarLogger(verbose))
+        callback_list = CallbackList(
+            all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
+        )
+        try:
+            return Driver(self).predict_loop(plan, callback_list)
+        finally:
+            adapter.close()
+
+    def _ensure_predict_ready(self, element_spec: tuple) -> None:
+        """Predict needs no compile(); an uncompiled model gets a predict-only setup."""
+        if self._state.built:
+            return
+        if self._compile_config is None:
+            strategy = tf.distribute.get_strategy()
+            self._strategy = strategy
+            with strategy.scope():
+                dummy = tf.nest.map_structure(_zeros_for, element_spec[0])
+                y_pred = self(dummy, training=False)
+            self._state.output_structure = tf.nest.map_structure(
+                lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+            )
+            self._state.trainable, self._state.non_trainable = self._collect_variables()
+            self._state.executor = _Executor(
+                self, execution.resolve_jit_compile("auto", strategy, False), True, False
+            )
+            self._predict_only = True
+            return
+        self._ensure_built(element_spec)
+
+    # -- single batches ------------------------------------------------------
+
+    def _single_batch_iterator(self, data: tuple):
+        dataset = tf.data.Dataset.from_tensors(data)
+        return iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+
+    def _single_batch(self, x, y, sample_weight, class_weight, argument: str) -> tuple:
+        if not structure.is_array_structure(x):
+            raise TypeError(
+                f"`x` for {argument}() must be array-like (an array, a tensor, or a list/dict "
+                f"of them); received {type(x).__name__}."
+            )
+        adapter = adapters_lib.ArrayAdapter(
+            x, y, sample_weight, batch_size=None, shuffle=False, class_weight=class_weight
+        )
+        n = adapter.num_samples
+        adapter = adapters_lib.ArrayAdapter(
+            x, y, sample_weight, batch_size=n, shuffle=False, class_weight=class_weight
+        )
+        return adapter
+
+    def _run_single(self, function, adapter) -> Any:
+        dataset = adapter.get_dataset()
+        self._ensure_built(dataset.element_spec)
+        iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+        while True:
+            try:
+                return getattr(self._executor, function)(iterator, tf.constant(1, tf.int64))
+            except execution.XlaFallback:
+                iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """One gradient update on one batch; returns that batch's loss and metrics."""
+        self._require_compiled("train_on_batch")
+        if class_weight is not None:
+            from tfk_trainer.data import class_weight as class_weight_lib
+
+            class_weight_lib.validate(class_weight)
+        adapter = self._single_batch(x, y, sample_weight, class_weight, "train_on_batch")
+        self._ensure_built(adapter.get_dataset().element_spec)
+        self.reset_metrics()
+        self._run_single("train", adapter)
+        return self._format_results(self._materialized_logs(), return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """Evaluates one batch; returns its loss and metrics."""
+        self._require_compiled("test_on_batch")
+        adapter = self._single_batch(x, y, sample_weight, None, "test_on_batch")
+        self._ensure_built(adapter.get_dataset().element_spec)
+        self.reset_metrics()
+        self._run_single("test", adapter)
+        return self._format_results(self._materialized_logs(), return_dict)
+
+    def predict_on_batch(self, x):
+        """Predictions for one batch, as NumPy."""
+        adapter = self._single_batch(x, None, None, None, "predict_on_batch")
+        dataset = adapter.get_dataset()
+        self._ensure_predict_ready(dataset.element_spec)
+        iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+        _, outputs = self._executor.predict(iterator, tf.constant(1, tf.int64))
+        return tf.nest.map_structure(lambda t: t.numpy(), outputs)
+
+    # -- misc ----------------------------------------------------------------
+
+    def summary(self, *args, **kwargs) -> None:
+        if isinstance(self.network, keras.Model):
+            self.network.summary(*args, **kwargs)
+        else:
+            n = sum(int(np.prod(v.shape)) for v in self.variables)
+            print(f"Model {self.name}: {len(self.variables)} variables, {n} parameters")
+
+
+class Sequential(Model):
+    """`tfk.Sequential([...layers])`: a `keras.Sequential` wrapped in a `Model`."""
+
+    def __init__(self, layers: list | None = None, *, name: str | None = None):
+        super().__init__(keras.Sequential(layers or []), name=name)
+
+
+def _to_python(value: Any) -> Any:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int; received {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; received {value}.")
+
+
+def _unpack_validation_data(validation_data: Any) -> tuple:
+    if isinstance(validation_data, tf.data.Dataset):
+        return validation_data, None, None
+    structure.check_not_namedtuple(validation_data, "validation_data")
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+        vx, vy = validation_data[0], validation_data[1]
+        vsw = validation_data[2] if len(validation_data) == 3 else None
+        return vx, vy, vsw
+    raise ValueError(
+        "`validation_data` must be a tuple `(x_val, y_val)` or `(x_val, y_val, "
+        "val_sample_weight)`, or a tf.data.Dataset; received "
+        f"{type(validation_data).__name__}"
+        + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
+        + "."
+    )

@@ -22,8 +22,17 @@ tf.config.set_logical_device_configuration(
 
 
 def mirrored(n: int) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy over the first `n` logical CPUs.
+
+    Reduction goes through one device: TF's collective all-reduce keys its
+    groups per strategy object from 1, so two collective strategies of
+    different sizes in one process (2 and 4 replicas, as these tests build)
+    collide ("joining a group with size 4, but that group has size 2").
+    """
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:n]
-    return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
 
 
 @pytest.fixture

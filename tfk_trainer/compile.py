@@ -92,15 +92,18 @@ def _all_names(module) -> list[str]:
     return sorted(n for n in dir(module) if not n.startswith("_"))
 
 
-def _resolve_named(identifier: str, kind: str, getter, module) -> Any:
+def _resolve_named(identifier: str, kind: str, getter, module, argument: str | None = None) -> Any:
     try:
         return getter(identifier)
     except (ValueError, TypeError):
         candidates = [n for n in _all_names(module) if n[:1].islower()]
+        candidates += ["mse", "mae", "mape", "msle", "kld", "accuracy", "acc", "crossentropy", "ce"]
         close = difflib.get_close_matches(identifier, candidates, n=3, cutoff=0.6)
         hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
         raise ValueError(
-            f"Unknown {kind} {identifier!r} in `{kind}`.{hint} Accepted: a name from "
+            f"Unknown {'loss' if kind == 'loss' else 'metric'} {identifier!r} in "
+            f"`{argument or kind}`.{hint} "
+            "Accepted: a name from "
             f"{module.__name__} (e.g. {candidates[:4]}), a callable `fn(y_true, y_pred)`, "
             f"or a keras {'Loss' if kind == 'loss' else 'Metric'} instance."
         ) from None
@@ -154,7 +157,7 @@ def resolve_metric(identifier: Any, y_true_shape, y_pred_shape, argument: str) -
                 "categorical": keras.metrics.CategoricalCrossentropy,
             }[kind]
             return cls(name=identifier)
-        obj = _resolve_named(identifier, "metrics", keras.metrics.get, keras.metrics)
+        obj = _resolve_named(identifier, "metrics", keras.metrics.get, keras.metrics, argument)
         if isinstance(obj, keras.metrics.Metric):
             obj.name = identifier
             return obj
@@ -261,7 +264,7 @@ def check_compile_args(
     for argument, entries in (("metrics", metric_list), ("weighted_metrics", weighted_list)):
         for entry in entries:
             if isinstance(entry, str) and entry.lower() not in _ACCURACY + _CROSSENTROPY:
-                _resolve_named(entry, "metrics", keras.metrics.get, keras.metrics)
+                _resolve_named(entry, "metrics", keras.metrics.get, keras.metrics, argument)
     if not isinstance(run_eagerly, bool):
         raise TypeError(f"`run_eagerly` must be a bool; received {run_eagerly!r}.")
     if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int):

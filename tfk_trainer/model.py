@@ -27,7 +27,8 @@ from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
 from tfk_trainer.data import structure
-from tfk_trainer.engine import execution, step as step_lib
+from tfk_trainer.engine import execution
+from tfk_trainer.engine import step as step_lib
 from tfk_trainer.engine.loop import Driver, EpochPlan, Iterators, check_validation_freq
 
 # Attributes of the engine itself, never walked for the network's variables.
@@ -61,7 +62,9 @@ class _EngineState:
     """Plain (untracked) holder for compiled functions and caches."""
 
     def __init__(self) -> None:
-        self.built = False
+        self.built = False  # loss, metrics and optimizer ready
+        self.network_built = False  # variables created, executor made
+        self.sample_output: Any = None
         self.trainable: list = []
         self.non_trainable: list = []
         self.layers: list = []
@@ -223,13 +226,13 @@ class Model(tf.Module):
 
     @property
     def trainable_variables(self) -> list:
-        if self._state.built:
+        if self._state.network_built:
             return list(self._state.trainable)
         return self._collect_variables()[0]
 
     @property
     def non_trainable_variables(self) -> list:
-        if self._state.built:
+        if self._state.network_built:
             return list(self._state.non_trainable)
         return self._collect_variables()[1]
 
@@ -269,7 +272,7 @@ class Model(tf.Module):
     @property
     def losses(self) -> list:
         """Regularization and `add_loss` losses of the Keras layers, from the last call."""
-        layers = self._state.layers if self._state.built else self._walk()[0]
+        layers = self._state.layers if self._state.network_built else self._walk()[0]
         out = []
         for layer in layers:
             out.extend(layer.losses)
@@ -329,6 +332,7 @@ class Model(tf.Module):
         self._objectives = None
         self._loss_tracker = None
         self._state.built = False
+        self._state.network_built = False
         self._state.executor = None
 
     def _require_compiled(self, method: str) -> None:
@@ -346,17 +350,18 @@ class Model(tf.Module):
     def _test_steps_per_execution(self) -> int:
         return self._compile_config.steps_per_execution
 
-    def _ensure_built(self, element_spec: tuple) -> None:
-        """Creates variables, resolves loss and metrics, builds the optimizer.
+    def _build_network(self, x_spec: Any) -> None:
+        """Creates the network's variables and the predict function.
 
         Runs once, eagerly and under the strategy scope, on zeros shaped like
         one batch, so no variable is ever created inside a step.
         """
-        if self._state.built:
+        state = self._state
+        if state.network_built:
             return
-        x_spec = element_spec[0]
-        y_spec = element_spec[1] if len(element_spec) > 1 else None
-        config = self._compile_config
+        if self._compile_config is None:
+            self._strategy = tf.distribute.get_strategy()
+            self._jit = execution.resolve_jit_compile("auto", self._strategy, False)
         with self.distribute_strategy.scope():
             dummy = tf.nest.map_structure(_zeros_for, x_spec)
             try:
@@ -366,35 +371,45 @@ class Model(tf.Module):
                     f"Calling the model on inputs shaped like the data failed: "
                     f"{type(e).__name__}: {e}\nInput structure: {x_spec}"
                 ) from e
-            self._state.output_structure = tf.nest.map_structure(
-                lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
-            )
-            objectives = compile_lib.build_objectives(config, y_spec, y_pred)
+        state.output_structure = tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+        )
+        state.sample_output = y_pred
+        state.trainable, state.non_trainable = self._collect_variables()
+        config = self._compile_config
+        state.executor = _Executor(
+            self,
+            self._jit,
+            allow_fallback=config is None or config.jit_compile == "auto",
+            run_eagerly=bool(config and config.run_eagerly),
+        )
+        state.network_built = True
+
+    def _ensure_built(self, element_spec: tuple) -> None:
+        """Builds the network, then resolves loss and metrics and builds the optimizer."""
+        self._build_network(element_spec[0])
+        if self._state.built:
+            return
+        y_spec = element_spec[1] if len(element_spec) > 1 else None
+        config = self._compile_config
+        with self.distribute_strategy.scope():
+            objectives = compile_lib.build_objectives(config, y_spec, self._state.sample_output)
             if objectives.loss is not None and y_spec is None:
                 raise ValueError(
                     "The model was compiled with a loss, but the data has no targets `y`. "
                     "Pass `y`, or yield `(x, y)` from the dataset."
                 )
-            self._loss_tracker = _LossTracker()
-            trainable, non_trainable = self._collect_variables()
-            if objectives.loss is None and not self.losses and config is not None:
+            if objectives.loss is None and not self.losses:
                 raise ValueError(
                     "The model has no loss to optimize: pass `loss` to compile() (or add "
                     "losses with `add_loss` in a Keras layer)."
                 )
+            self._loss_tracker = _LossTracker()
             if not self.optimizer.built:
-                self.optimizer.build(trainable)
+                self.optimizer.build(self._state.trainable)
         self._objectives = objectives
-        self._state.trainable = trainable
-        self._state.non_trainable = non_trainable
         self._state.y_spec = y_spec
         self._state.built = True
-        self._state.executor = _Executor(
-            self,
-            self._jit,
-            allow_fallback=config.jit_compile == "auto",
-            run_eagerly=config.run_eagerly,
-        )
 
     # -- metrics -------------------------------------------------------------
 
@@ -664,25 +679,8 @@ class Model(tf.Module):
             adapter.close()
 
     def _ensure_predict_ready(self, element_spec: tuple) -> None:
-        """Predict needs no compile(); an uncompiled model gets a predict-only setup."""
-        if self._state.built:
-            return
-        if self._compile_config is None:
-            strategy = tf.distribute.get_strategy()
-            self._strategy = strategy
-            with strategy.scope():
-                dummy = tf.nest.map_structure(_zeros_for, element_spec[0])
-                y_pred = self(dummy, training=False)
-            self._state.output_structure = tf.nest.map_structure(
-                lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
-            )
-            self._state.trainable, self._state.non_trainable = self._collect_variables()
-            self._state.executor = _Executor(
-                self, execution.resolve_jit_compile("auto", strategy, False), True, False
-            )
-            self._predict_only = True
-            return
-        self._ensure_built(element_spec)
+        """Predict needs no compile(): only the network and the predict function."""
+        self._build_network(element_spec[0])
 
     # -- single batches ------------------------------------------------------
 

@@ -1,0 +1,303 @@
+"""Clear errors for misuse of compile/fit/evaluate/*_on_batch.
+
+Each test asserts the exception type and that the message names the
+offending argument (or says plainly what is wrong), so that a user never has
+to read a TensorFlow stack trace to find their mistake.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfk_trainer as tfk
+
+N = 20
+FEATURES = 4
+
+
+def _net() -> keras.Model:
+    return keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(2)])
+
+
+def _data(n: int = N):
+    x = np.random.rand(n, FEATURES).astype("float32")
+    y = np.random.randint(0, 2, size=(n,)).astype("int32")
+    return x, y
+
+
+def _model(compile: bool = True, **compile_kwargs) -> tfk.Model:
+    model = tfk.Model(_net())
+    if compile:
+        kwargs = {"optimizer": "sgd", "loss": "sparse_categorical_crossentropy"}
+        kwargs.update(compile_kwargs)
+        model.compile(**kwargs)
+    return model
+
+
+def _dataset(n: int = N, batch: int = 5) -> tf.data.Dataset:
+    x, y = _data(n)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+# -- not compiled -------------------------------------------------------------
+
+
+def test_fit_before_compile():
+    x, y = _data()
+    with pytest.raises(RuntimeError, match=r"compile\(\).*fit\(\)"):
+        _model(compile=False).fit(x, y, verbose=0)
+
+
+def test_evaluate_before_compile():
+    x, y = _data()
+    with pytest.raises(RuntimeError, match=r"compile\(\).*evaluate\(\)"):
+        _model(compile=False).evaluate(x, y, verbose=0)
+
+
+def test_train_on_batch_before_compile():
+    x, y = _data()
+    with pytest.raises(RuntimeError, match=r"compile\(\).*train_on_batch\(\)"):
+        _model(compile=False).train_on_batch(x, y)
+
+
+# -- array inputs ---------------------------------------------------------------
+
+
+def test_x_y_length_mismatch():
+    x, _ = _data(10)
+    _, y = _data(8)
+    with pytest.raises(ValueError, match=r"same number of samples.*x: 10.*y: 8"):
+        _model().fit(x, y, verbose=0)
+
+
+def test_x_dict_mismatched_lengths():
+    inputs = {"a": keras.Input((2,), name="a"), "b": keras.Input((2,), name="b")}
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([inputs["a"], inputs["b"]]))
+    model = tfk.Model(keras.Model(inputs, out))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = {"a": np.zeros((10, 2), "float32"), "b": np.zeros((8, 2), "float32")}
+    y = np.zeros((10,), "int32")
+    with pytest.raises(ValueError, match=r"same number of samples.*x\['a'\]: 10.*x\['b'\]: 8"):
+        model.fit(x, y, verbose=0)
+
+
+def test_sample_weight_wrong_length():
+    x, y = _data(10)
+    with pytest.raises(ValueError, match=r"sample_weight: 7"):
+        _model().fit(x, y, sample_weight=np.ones((7,), "float32"), verbose=0)
+
+
+def test_object_dtype_array():
+    x = np.array([[1.0, "a", 2.0, 3.0], [1.0, 2.0, None, 3.0]], dtype=object)
+    y = np.zeros((2,), "int32")
+    with pytest.raises(TypeError, match=r"`x`.*dtype=object"):
+        _model().fit(x, y, verbose=0)
+
+
+def test_empty_array():
+    x = np.zeros((0, FEATURES), "float32")
+    y = np.zeros((0,), "int32")
+    with pytest.raises(ValueError, match=r"empty \(0 samples\)"):
+        _model().fit(x, y, verbose=0)
+
+
+def test_namedtuple_as_x():
+    Batch = collections.namedtuple("B", ["x", "y"])
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"`x`.*namedtuple"):
+        _model().fit(Batch(x, y), verbose=0)
+
+
+# -- validation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [-0.1, 1.0, 1.5])
+def test_validation_split_out_of_range(split):
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"validation_split"):
+        _model().fit(x, y, validation_split=split, verbose=0)
+
+
+def test_validation_split_string():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"validation_split"):
+        _model().fit(x, y, validation_split="0.2", verbose=0)
+
+
+def test_validation_split_with_dataset():
+    with pytest.raises(ValueError, match=r"validation_split"):
+        _model().fit(_dataset(), validation_split=0.2, verbose=0)
+
+
+def test_validation_data_wrong_length():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"validation_data.*length 4"):
+        _model().fit(x, y, validation_data=(x, y, np.ones(N), np.ones(N)), verbose=0)
+
+
+def test_validation_freq_zero():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"validation_freq"):
+        _model().fit(x, y, validation_data=(x, y), validation_freq=0, verbose=0)
+
+
+# -- datasets ------------------------------------------------------------------
+
+
+def test_batch_size_with_dataset():
+    with pytest.raises(ValueError, match=r"batch_size"):
+        _model().fit(_dataset(), batch_size=4, verbose=0)
+
+
+def test_y_with_dataset():
+    _, y = _data()
+    with pytest.raises(ValueError, match=r"`y`"):
+        _model().fit(_dataset(), y, verbose=0)
+
+
+def test_sample_weight_with_dataset():
+    with pytest.raises(ValueError, match=r"sample_weight"):
+        _model().fit(_dataset(), sample_weight=np.ones(N, "float32"), verbose=0)
+
+
+def test_namedtuple_batch_from_dataset():
+    Batch = collections.namedtuple("B", ["x", "y"])
+    x, y = _data()
+    ds = tf.data.Dataset.from_tensor_slices(Batch(x, y)).batch(5)
+    with pytest.raises(TypeError, match=r"namedtuple"):
+        _model().fit(ds, verbose=0)
+
+
+@pytest.mark.timeout(60)
+def test_infinite_dataset_without_steps_per_epoch():
+    ds = _dataset().repeat()
+    with pytest.raises(ValueError, match=r"steps_per_epoch"):
+        _model().fit(ds, verbose=0)
+
+
+# -- unknown keyword arguments ---------------------------------------------------
+
+
+def test_evaluate_unknown_kwarg():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"bogus_arg"):
+        _model().evaluate(x, y, bogus_arg=1, verbose=0)
+
+
+def test_fit_unknown_kwarg():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"bogus_arg"):
+        _model().fit(x, y, bogus_arg=1, verbose=0)
+
+
+# -- compile arguments ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, exc",
+    [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)],
+)
+def test_steps_per_execution_invalid(value, exc):
+    with pytest.raises(exc, match=r"steps_per_execution"):
+        _model(steps_per_execution=value)
+
+
+def test_jit_compile_invalid():
+    with pytest.raises(ValueError, match=r"jit_compile"):
+        _model(jit_compile="yes")
+
+
+def test_unknown_optimizer_suggests_adam():
+    with pytest.raises(ValueError, match=r"(?s)optimizer.*'adamm'.*Did you mean 'adam'"):
+        _model(optimizer="adamm")
+
+
+def test_unknown_loss_string():
+    with pytest.raises(ValueError, match=r"(?s)Unknown loss 'mean_squared_eror'.*`loss`"):
+        _model(loss="mean_squared_eror")
+
+
+def test_unknown_metric_string():
+    with pytest.raises(ValueError, match=r"(?s)'acuracy'.*`metrics`"):
+        _model(metrics=["acuracy"])
+
+
+def test_metrics_single_string():
+    with pytest.raises(TypeError, match=r"`metrics` must be a list"):
+        _model(metrics="accuracy")
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        ["mse", "mae"],
+        {"out_a": "mse", "out_b": "mae"},
+    ],
+)
+def test_multi_output_loss_not_implemented(loss):
+    with pytest.raises(NotImplementedError, match=r"`loss`.*multi-output"):
+        _model(loss=loss)
+
+
+def test_jit_compile_true_under_mirrored_cpu(mirrored_strategy):
+    strategy = mirrored_strategy(2)
+    with strategy.scope():
+        model = tfk.Model(_net())
+        with pytest.raises(ValueError, match=r"jit_compile=True.*multi-replica"):
+            model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+
+
+# -- fit arguments ----------------------------------------------------------------
+
+
+def test_epochs_negative():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`epochs`"):
+        _model().fit(x, y, epochs=-1, verbose=0)
+
+
+def test_batch_size_zero():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`batch_size`"):
+        _model().fit(x, y, batch_size=0, verbose=0)
+
+
+def test_class_weight_not_a_dict():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"`class_weight` must be a dict"):
+        _model().fit(x, y, class_weight=[1.0, 2.0], verbose=0)
+
+
+def test_class_weight_negative_key():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`class_weight` keys.*-1"):
+        _model().fit(x, y, class_weight={-1: 1.0, 0: 1.0}, verbose=0)
+
+
+def test_callbacks_with_non_callback():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"`callbacks`.*object"):
+        _model().fit(x, y, callbacks=[object()], verbose=0)
+
+
+# -- beyond the brief: inputs that reach the graph before failing -----------------
+
+
+def test_string_targets_with_numeric_loss():
+    """A string `y` cannot feed a numeric loss: say so up front, naming `y`."""
+    x, _ = _data()
+    y = np.array(["cat", "dog"] * (N // 2))
+    with pytest.raises((TypeError, ValueError), match=r"`y`"):
+        _model().fit(x, y, verbose=0)
+
+
+def test_sample_weight_wrong_rank():
+    """Per-sample weights of shape (N, 3) for per-sample losses of shape (N,)."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`sample_weight`"):
+        _model().fit(x, y, sample_weight=np.ones((N, 3), "float32"), verbose=0)

@@ -1,0 +1,132 @@
+"""The compiled execution: XLA on and off, the "auto" fallback, strategies, predict gathering."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfk_trainer as tfk
+from tfk_trainer.engine import execution
+
+
+def _data(n=96, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype("float32"), rng.integers(0, classes, n)
+
+
+def _net(d=6, classes=3, seed=7):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((d,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(classes, activation="softmax")]
+    )
+
+
+def _fit(model, x, y, **kwargs):
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"], **kwargs)
+    return model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+
+
+def test_auto_resolves_off_on_cpu_and_under_mirrored(mirrored_strategy):
+    default = tf.distribute.get_strategy()
+    assert execution.resolve_jit_compile("auto", default, False) is False
+    assert execution.resolve_jit_compile(True, default, False) is True
+    assert execution.resolve_jit_compile(True, default, True) is False  # run_eagerly wins
+    assert execution.resolve_jit_compile("auto", mirrored_strategy(2), False) is False
+    with pytest.raises(ValueError, match="jit_compile=True"):
+        execution.resolve_jit_compile(True, mirrored_strategy(2), False)
+
+
+def test_jit_compile_true_matches_graph_mode():
+    x, y = _data()
+    plain = tfk.Model(_net())
+    jitted = tfk.Model(_net())
+    h_plain = _fit(plain, x, y, jit_compile=False)
+    h_jit = _fit(jitted, x, y, jit_compile=True, steps_per_execution=3)
+    assert jitted._executor.train.jit_compile is True
+    for key in h_plain:
+        np.testing.assert_allclose(h_jit[key], h_plain[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain.get_weights(), jitted.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _HostOp(keras.layers.Layer):
+    """A layer XLA cannot compile (a host Python function in the graph)."""
+
+    def call(self, inputs):
+        out = tf.numpy_function(lambda a: a, [inputs], tf.float32)
+        return tf.ensure_shape(out, inputs.shape)
+
+
+def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
+    """'auto' tries XLA where it resolves on, and falls back when XLA cannot compile."""
+    monkeypatch.setattr(execution, "resolve_jit_compile", lambda *a: True)
+    x, y = _data()
+
+    def net():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential([keras.Input((6,)), _HostOp(), keras.layers.Dense(3, activation="softmax")])
+
+    model = tfk.Model(net())
+    with caplog.at_level(logging.WARNING, logger="tfk_trainer"):
+        history = _fit(model, x, y, jit_compile="auto", steps_per_execution=2)
+    assert model._executor.train.jit_compile is False
+    assert sum("XLA could not compile" in r.message for r in caplog.records) == 1
+    assert int(model.optimizer.iterations.numpy()) == 2 * 6  # no step lost or repeated
+
+    monkeypatch.undo()
+    reference = tfk.Model(net())
+    expected = _fit(reference, x, y, jit_compile=False, steps_per_execution=2)
+    for key in expected:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-6)
+
+
+def test_one_device_strategy_matches_default():
+    x, y = _data()
+    base = tfk.Model(_net())
+    expected = _fit(base, x, y, steps_per_execution=4)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = tfk.Model(_net())
+        got = _fit(model, x, y, steps_per_execution=4)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6)
+
+
+def test_predict_keeps_dict_and_nested_outputs_and_partial_batches():
+    inputs = keras.Input((4,))
+    a = keras.layers.Dense(2, name="a")(inputs)
+    b = keras.layers.Dense(3, name="b")(inputs)
+    net = keras.Model(inputs, {"a": a, "b": [b, b * 2.0]})
+    model = tfk.Model(net)
+    x = np.random.default_rng(0).normal(size=(37, 4)).astype("float32")
+    out = model.predict(x, batch_size=8, verbose=0)
+    direct = net(x)
+    assert set(out) == {"a", "b"} and isinstance(out["b"], list) and len(out["b"]) == 2
+    np.testing.assert_allclose(out["a"], direct["a"], rtol=1e-6)
+    np.testing.assert_allclose(out["b"][1], direct["b"][1], rtol=1e-6)
+    assert out["b"][0].shape == (37, 3)
+    single = model.predict_on_batch(x[:5])
+    np.testing.assert_allclose(single["a"], direct["a"][:5], rtol=1e-6)
+
+
+def test_predict_without_compile_and_with_steps_per_execution():
+    x, _ = _data(n=50)
+    net = _net()
+    model = tfk.Model(net)
+    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6)
+    model.compile(loss="sparse_categorical_crossentropy", steps_per_execution=3)
+    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6)
+
+
+def test_one_trace_per_function_across_ragged_last_batch_and_epochs():
+    x, y = _data(n=100)
+    model = tfk.Model(_net())
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution=3)
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    model.evaluate(x, y, batch_size=16, verbose=0)
+    model.evaluate(x[:50], y[:50], batch_size=16, verbose=0)
+    executor = model._executor
+    assert executor.train._fn.experimental_get_tracing_count() == 1
+    assert executor.test._fn.experimental_get_tracing_count() == 1

@@ -569,7 +569,13 @@ class Model(tf.Module):
             x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, class_weight=class_weight
         )
         plan = EpochPlan.create(adapter, steps_per_epoch, "steps_per_epoch")
-        self._ensure_built(adapter.get_dataset().element_spec)
+        if adapter.one_shot and steps_per_epoch is None and epochs - initial_epoch > 1:
+            raise ValueError(
+                "`x` is a one-shot generator, which provides a single pass of data, but "
+                f"fit() was asked for {epochs - initial_epoch} epochs. Pass `steps_per_epoch` "
+                "(with an infinite generator), or a callable that returns a fresh generator."
+            )
+        self._ensure_built(adapter.element_spec)
 
         validation = None
         if validation_data is not None:
@@ -583,15 +589,25 @@ class Model(tf.Module):
                 argument="validation_data",
             )
             val_plan = EpochPlan.create(val_adapter, validation_steps, "validation_steps")
-            val_plan.persistent = False
+            # Validation restarts from the beginning each time, except a one-shot
+            # generator, which can only continue where the last validation stopped.
+            val_plan.persistent = val_adapter.one_shot
+            if val_adapter.one_shot and validation_steps is None and _validation_count(
+                initial_epoch, epochs, validation_freq
+            ) > 1:
+                raise ValueError(
+                    "`validation_data` is a one-shot generator, which provides a single pass "
+                    "of data, but validation runs more than once. Pass `validation_steps` "
+                    "(with an infinite generator), or a callable that returns a fresh generator."
+                )
             driver = Driver(self)
+            persistent_val = Iterators(self.distribute_strategy, val_plan, 0)
 
             def validation() -> dict[str, float]:
-                return driver.evaluate_loop(
-                    val_plan,
-                    callback_list,
-                    iterators=Iterators(self.distribute_strategy, val_plan, 0),
+                iterators = persistent_val if val_plan.persistent else Iterators(
+                    self.distribute_strategy, val_plan, 0
                 )
+                return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
 
         history = History()
         user_callbacks = list(callbacks or [])
@@ -614,6 +630,8 @@ class Model(tf.Module):
             )
         finally:
             adapter.close()
+            if validation_data is not None:
+                val_adapter.close()
         self.history = history
         return history
 
@@ -640,7 +658,7 @@ class Model(tf.Module):
         adapter = adapters_lib.get_adapter(x, y, sample_weight, batch_size=batch_size, shuffle=False)
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
-        self._ensure_built(adapter.get_dataset().element_spec)
+        self._ensure_built(adapter.element_spec)
         all_callbacks = list(callbacks or [])
         if verbose:
             all_callbacks.append(ProgbarLogger(verbose))
@@ -666,7 +684,7 @@ class Model(tf.Module):
         adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False)
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
-        self._ensure_predict_ready(adapter.get_dataset().element_spec)
+        self._ensure_predict_ready(adapter.element_spec)
         all_callbacks = list(callbacks or [])
         if verbose:
             all_callbacks.append(ProgbarLogger(verbose))
@@ -721,7 +739,7 @@ class Model(tf.Module):
 
             class_weight_lib.validate(class_weight)
         adapter = self._single_batch(x, y, sample_weight, class_weight, "train_on_batch")
-        self._ensure_built(adapter.get_dataset().element_spec)
+        self._ensure_built(adapter.element_spec)
         self.reset_metrics()
         self._run_single("train", adapter)
         return self._format_results(self._materialized_logs(), return_dict)
@@ -730,7 +748,7 @@ class Model(tf.Module):
         """Evaluates one batch; returns its loss and metrics."""
         self._require_compiled("test_on_batch")
         adapter = self._single_batch(x, y, sample_weight, None, "test_on_batch")
-        self._ensure_built(adapter.get_dataset().element_spec)
+        self._ensure_built(adapter.element_spec)
         self.reset_metrics()
         self._run_single("test", adapter)
         return self._format_results(self._materialized_logs(), return_dict)
@@ -769,6 +787,12 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _validation_count(initial_epoch: int, epochs: int, validation_freq: Any) -> int:
+    if isinstance(validation_freq, int):
+        return sum(1 for e in range(initial_epoch, epochs) if (e + 1) % validation_freq == 0)
+    return sum(1 for e in range(initial_epoch, epochs) if (e + 1) in validation_freq)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:

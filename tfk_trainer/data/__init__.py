@@ -7,12 +7,17 @@ from tfk_trainer.data.adapters import (
     get_adapter,
     train_validation_split,
 )
+from tfk_trainer.data.py_dataset import PyDataset
+from tfk_trainer.data.python_sources import GeneratorAdapter, PyDatasetAdapter
 from tfk_trainer.data.structure import pack_x_y_sample_weight, unpack_x_y_sample_weight
 
 __all__ = [
     "ArrayAdapter",
     "DataAdapter",
     "DatasetAdapter",
+    "GeneratorAdapter",
+    "PyDataset",
+    "PyDatasetAdapter",
     "get_adapter",
     "pack_x_y_sample_weight",
     "train_validation_split",

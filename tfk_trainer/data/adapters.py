@@ -44,6 +44,19 @@ class DataAdapter(abc.ABC):
         return False
 
     @property
+    def element_spec(self) -> tuple:
+        """The spec the model is built from (concrete non-batch dims where known)."""
+        return self.get_dataset().element_spec
+
+    @property
+    def one_shot(self) -> bool:
+        """True for sources that cannot be read twice (a plain generator)."""
+        return False
+
+    def raise_pending_error(self) -> None:  # noqa: B027 - optional hook
+        """Re-raises an exception a Python producer hit (generators, PyDataset workers)."""
+
+    @property
     def batch_size(self) -> int | None:
         return None
 
@@ -107,6 +120,12 @@ class ArrayAdapter(DataAdapter):
     @property
     def num_samples(self) -> int:
         return self._num_samples
+
+    @property
+    def element_spec(self) -> tuple:
+        return tf.nest.map_structure(
+            lambda a: tf.TensorSpec([None] + list(a.shape[1:]), tf.as_dtype(a.dtype)), self._data
+        )
 
     @property
     def num_batches(self) -> int:
@@ -227,6 +246,16 @@ def get_adapter(
     if isinstance(x, tf.data.Dataset):
         _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a tf.data.Dataset")
         return DatasetAdapter(x, class_weight=class_weight)
+    from tfk_trainer.data import python_sources
+
+    if python_sources.is_py_dataset(x):
+        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a PyDataset")
+        return python_sources.PyDatasetAdapter(x, shuffle=shuffle, class_weight=class_weight, argument=argument)
+    if python_sources.is_generator_like(x) or (
+        callable(x) and not structure.is_array_like(x) and not isinstance(x, type)
+    ):
+        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a generator")
+        return python_sources.GeneratorAdapter(x, class_weight=class_weight, argument=argument)
     if isinstance(x, (tf.distribute.DistributedDataset,)):
         raise TypeError(
             "`x` is an already-distributed dataset; pass the plain tf.data.Dataset "
@@ -253,8 +282,8 @@ def get_adapter(
         )
     raise TypeError(
         f"Unrecognized data type for `{argument}`: {type(x).__name__}. Accepted: a NumPy "
-        "array or array-like, a tensor, a list or dict of arrays/tensors, or a "
-        "tf.data.Dataset."
+        "array or array-like, a tensor, a list or dict of arrays/tensors, a "
+        "tf.data.Dataset, a PyDataset, or a Python generator (or a callable returning one)."
     )
 
 

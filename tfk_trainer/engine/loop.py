@@ -84,6 +84,15 @@ class Iterators:
         return self.for_epoch(epoch)
 
 
+def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
+    """Runs one execution; a Python producer's exception surfaces as itself."""
+    try:
+        return function(*args)
+    except tf.errors.OpError:
+        adapter.raise_pending_error()
+        raise
+
+
 class Driver:
     """Runs fit, evaluate and predict over a model's compiled functions."""
 
@@ -112,7 +121,7 @@ class Driver:
             callbacks.on_test_batch_begin(step)
             requested = spe if plan.steps is None else min(spe, plan.steps - step)
             try:
-                ran_t = function(iterator, tf.constant(requested, tf.int64))
+                ran_t = _execute(function, plan.adapter, iterator, tf.constant(requested, tf.int64))
             except XlaFallback:
                 iterator = iterators.reset(0)
                 model.reset_metrics()
@@ -145,7 +154,9 @@ class Driver:
             callbacks.on_predict_batch_begin(step)
             requested = spe if plan.steps is None else min(spe, plan.steps - step)
             try:
-                ran_t, outputs = model._executor.predict(iterator, tf.constant(requested, tf.int64))
+                ran_t, outputs = _execute(
+                    model._executor.predict, plan.adapter, iterator, tf.constant(requested, tf.int64)
+                )
             except XlaFallback:
                 iterator = iterators.reset(0)
                 chunks.clear()
@@ -198,7 +209,9 @@ class Driver:
                 requested = spe if plan.steps is None else min(spe, plan.steps - step)
                 callbacks.on_train_batch_begin(step)
                 try:
-                    ran_t = model._executor.train(iterator, tf.constant(requested, tf.int64))
+                    ran_t = _execute(
+                        model._executor.train, plan.adapter, iterator, tf.constant(requested, tf.int64)
+                    )
                 except XlaFallback:
                     if step:
                         raise

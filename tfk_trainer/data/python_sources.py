@@ -1,0 +1,329 @@
+"""Python generators and `PyDataset`s, read through `tf.data.Dataset.from_generator`.
+
+Both end as a tf.data pipeline whose element spec comes from the first batch
+with every non-batch dimension relaxed to None, so batches whose shapes vary
+in any dimension flow through one traced step. The first batch is read once
+and handed on, never replayed (Keras replays its two peeked batches in later
+epochs). A Python exception raised while producing a batch is kept and
+re-raised to the user as itself, not as a TensorFlow error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer.data import structure
+from tfk_trainer.data.adapters import DataAdapter
+from tfk_trainer.data.class_weight import apply_to_dataset
+
+
+def _normalize(element: Any, source: str) -> tuple:
+    """An element as a tuple of NumPy leaves, per the seed's unpacking rule."""
+    structure.check_not_namedtuple(element, source)
+    x, y, sw = structure.unpack_x_y_sample_weight(element)
+    packed = structure.pack_x_y_sample_weight(x, y, sw)
+
+    def leaf(value):
+        if isinstance(value, (tf.Tensor, tf.Variable)):
+            return value.numpy()
+        return structure.to_array(value, source)
+
+    return tf.nest.map_structure(leaf, packed)
+
+
+def _relaxed_spec(batch: tuple) -> tuple:
+    return tf.nest.map_structure(
+        lambda a: tf.TensorSpec([None] * np.ndim(a), tf.as_dtype(np.asarray(a).dtype)), batch
+    )
+
+
+def _concrete_spec(batch: tuple) -> tuple:
+    return tf.nest.map_structure(
+        lambda a: tf.TensorSpec([None] + list(np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)),
+        batch,
+    )
+
+
+class _PythonSource(DataAdapter):
+    """Shared machinery: spec from the first batch, checks, error capture."""
+
+    _source = "x"
+
+    def __init__(self, class_weight: dict | None):
+        self._class_weight = class_weight
+        self._error: BaseException | None = None
+        self._first: tuple | None = None
+        self._structure: Any = None
+
+    def _set_first(self, first: tuple) -> None:
+        self._first = first
+        self._structure = tf.nest.map_structure(lambda _: None, first)
+
+    def _check(self, element: Any) -> tuple:
+        batch = _normalize(element, self._source)
+        try:
+            tf.nest.assert_same_structure(batch, self._first)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"`{self._source}` yielded batches of inconsistent structure: the first was "
+                f"{_describe(self._first)}, a later one {_describe(batch)}. Every batch must "
+                "have the same structure of x, y and sample_weight."
+            ) from None
+        for a, b in zip(tf.nest.flatten(batch), tf.nest.flatten(self._first)):
+            if np.ndim(a) != np.ndim(b) or np.asarray(a).dtype.kind != np.asarray(b).dtype.kind:
+                raise ValueError(
+                    f"`{self._source}` yielded a batch whose arrays differ in rank or kind from "
+                    f"the first batch: {_describe(batch)} vs {_describe(self._first)}."
+                )
+        return tuple(
+            tf.nest.map_structure(lambda a, s: np.asarray(a, dtype=np.asarray(s).dtype), batch, self._first)
+        )
+
+    @property
+    def element_spec(self) -> tuple:
+        return _concrete_spec(self._first)
+
+    def _dataset_from(self, make_iterator: Callable[[], Iterator[tuple]]) -> tf.data.Dataset:
+        def generate():
+            try:
+                yield from make_iterator()
+            except GeneratorExit:
+                raise
+            except BaseException as e:  # kept and re-raised to the user by `raise_pending_error`
+                self._error = e
+                raise
+
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=_relaxed_spec(self._first))
+        if self._class_weight is not None:
+            dataset = apply_to_dataset(dataset, self._class_weight)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def raise_pending_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _describe(batch: tuple) -> str:
+    return str(tf.nest.map_structure(lambda a: f"{np.asarray(a).dtype}{list(np.shape(a))}", batch))
+
+
+class GeneratorAdapter(_PythonSource):
+    """A Python generator or iterator, or a callable returning a fresh one per epoch.
+
+    A one-shot generator covers one pass: it cannot feed several epochs
+    unless `steps_per_epoch` splits that one (possibly infinite) pass.
+    """
+
+    _source = "x (generator)"
+
+    def __init__(self, source: Any, *, class_weight: dict | None = None, argument: str = "x"):
+        super().__init__(class_weight)
+        self._source = f"{argument} (generator)"
+        self._factory = source if callable(source) and not hasattr(source, "__next__") else None
+        self._iterator = iter(self._factory() if self._factory else source)
+        try:
+            first = next(self._iterator)
+        except StopIteration:
+            raise ValueError(f"The generator passed as `{argument}` yielded no batches.") from None
+        self._set_first(_normalize(first, self._source))
+        self._pending_first = True
+        self._passes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def one_shot(self) -> bool:
+        return self._factory is None
+
+    @property
+    def num_batches(self) -> None:
+        return None
+
+    def _batches(self) -> Iterator[tuple]:
+        with self._lock:
+            if self._passes:
+                self._iterator = iter(self._factory())
+                self._pending_first = False
+            self._passes += 1
+            iterator = self._iterator
+            if self._pending_first:
+                self._pending_first = False
+                yield tuple(self._first)
+        for element in iterator:
+            yield self._check(element)
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        if self._passes and self._factory is None:
+            raise ValueError(
+            f"The generator passed as `{self._source.split()[0]}` was already consumed by an "
+            "earlier epoch: a one-shot generator provides one pass of data. Pass "
+            "`steps_per_epoch` (with an infinite generator), or a callable that returns a "
+            "fresh generator."
+            )
+        return self._dataset_from(self._batches)
+
+
+class PyDatasetAdapter(_PythonSource):
+    """A `tfk_trainer.data.PyDataset` or `keras.utils.PyDataset`, prefetched by workers."""
+
+    def __init__(self, dataset: Any, *, shuffle: bool | str = False, class_weight: dict | None = None, argument: str = "x"):
+        super().__init__(class_weight)
+        self._source = f"{argument} (PyDataset)"
+        self._dataset = dataset
+        self._shuffle = shuffle is True
+        num = dataset.num_batches
+        if num is not None:
+            if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
+                raise ValueError(
+                    f"The PyDataset passed as `{argument}` reports {num!r} batches; `__len__`/"
+                    "`num_batches` must be a non-negative int, or None for an infinite dataset."
+                )
+            if num == 0:
+                raise ValueError(f"The PyDataset passed as `{argument}` is empty (0 batches).")
+        self._num_batches = None if num is None else int(num)
+        self._workers = int(getattr(dataset, "workers", 1) or 1)
+        self._use_processes = bool(getattr(dataset, "use_multiprocessing", False))
+        self._queue_size = int(getattr(dataset, "max_queue_size", 10) or 10)
+        self._executors: list[concurrent.futures.Executor] = []
+        self._set_first(_normalize(self._get(0), self._source))
+        self._epoch = 0
+        self._rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+
+    def _get(self, index: int) -> Any:
+        try:
+            return self._dataset[index]
+        except IndexError:
+            raise IndexError(
+                f"The PyDataset passed as `{self._source.split()[0]}` raised IndexError for "
+                f"batch {index}; its `__len__`/`num_batches` ({self._num_batches}) is larger "
+                "than the number of batches `__getitem__` can serve."
+            ) from None
+
+    @property
+    def num_batches(self) -> int | None:
+        return self._num_batches
+
+    @property
+    def is_infinite(self) -> bool:
+        return self._num_batches is None
+
+    @property
+    def can_repeat(self) -> bool:
+        return True
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self._epoch = epoch
+        self._dataset.on_epoch_begin()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self._dataset.on_epoch_end()
+
+    def _indices(self, repeat: bool) -> Iterator[int]:
+        if self._num_batches is None:
+            yield from _count()
+            return
+        while True:
+            order = np.arange(self._num_batches)
+            if self._shuffle:
+                self._rng.shuffle(order)
+            yield from (int(i) for i in order)
+            if not repeat:
+                return
+
+    def _executor(self) -> concurrent.futures.Executor | None:
+        if self._workers <= 1 and not self._use_processes:
+            return None
+        if self._use_processes:
+            executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self._dataset,),
+            )
+        else:
+            executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix="tfk_pydataset"
+            )
+        self._executors.append(executor)
+        return executor
+
+    def _batches(self, repeat: bool) -> Iterator[tuple]:
+        indices = self._indices(repeat)
+        executor = self._executor()
+        if executor is None:
+            for index in indices:
+                yield self._check(self._get(index))
+            return
+        pending: deque = deque()
+        fetch = _fetch_item if self._use_processes else self._get
+        try:
+            for index in indices:
+                pending.append(executor.submit(fetch, index))
+                if len(pending) >= self._queue_size:
+                    yield self._check(pending.popleft().result())
+            while pending:
+                yield self._check(pending.popleft().result())
+        finally:
+            for future in pending:
+                future.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)
+            if executor in self._executors:
+                self._executors.remove(executor)
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        return self._dataset_from(lambda: self._batches(repeat))
+
+    def close(self) -> None:
+        for executor in list(self._executors):
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._executors.clear()
+
+
+def _count() -> Iterator[int]:
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+_WORKER_DATASET: Any = None
+
+
+def _init_worker(dataset: Any) -> None:
+    """Runs once per worker process: the dataset is unpickled there once."""
+    global _WORKER_DATASET
+    _WORKER_DATASET = dataset
+
+
+def _fetch_item(index: int) -> Any:
+    """Runs in a worker process: one `__getitem__` call."""
+    return _WORKER_DATASET[index]
+
+
+def is_generator_like(x: Any) -> bool:
+    import types
+
+    return isinstance(x, types.GeneratorType) or (
+        hasattr(x, "__next__") and hasattr(x, "__iter__") and not structure.is_array_like(x)
+    )
+
+
+def is_py_dataset(x: Any) -> bool:
+    from tfk_trainer.data.py_dataset import PyDataset
+
+    if isinstance(x, PyDataset):
+        return True
+    try:
+        import keras
+
+        return isinstance(x, keras.utils.PyDataset)
+    except (ImportError, AttributeError):
+        return False

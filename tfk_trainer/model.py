@@ -584,7 +584,9 @@ class Model(tf.Module):
                 vx,
                 vy,
                 vsw,
-                batch_size=validation_batch_size or (batch_size if vy is not None or structure.is_array_structure(vx) else None),
+                batch_size=(validation_batch_size or batch_size)
+                if structure.is_array_structure(vx)
+                else validation_batch_size,
                 shuffle=False,
                 argument="validation_data",
             )
@@ -803,7 +805,14 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
 
 
 def _unpack_validation_data(validation_data: Any) -> tuple:
-    if isinstance(validation_data, tf.data.Dataset):
+    from tfk_trainer.data import python_sources
+
+    if (
+        isinstance(validation_data, tf.data.Dataset)
+        or python_sources.is_py_dataset(validation_data)
+        or python_sources.is_generator_like(validation_data)
+        or (callable(validation_data) and not structure.is_array_like(validation_data))
+    ):
         return validation_data, None, None
     structure.check_not_namedtuple(validation_data, "validation_data")
     if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
@@ -812,7 +821,7 @@ def _unpack_validation_data(validation_data: Any) -> tuple:
         return vx, vy, vsw
     raise ValueError(
         "`validation_data` must be a tuple `(x_val, y_val)` or `(x_val, y_val, "
-        "val_sample_weight)`, or a tf.data.Dataset; received "
+        "val_sample_weight)`, a tf.data.Dataset, a PyDataset or a generator; received "
         f"{type(validation_data).__name__}"
         + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
         + "."

@@ -1,0 +1,266 @@
+"""Generators and PyDatasets: same numbers as arrays, no replay, clean workers."""
+
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfk_trainer as tfk
+
+N, D, C, B = 120, 6, 3, 20
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, D)).astype("float32"), rng.integers(0, C, N)
+
+
+X, Y = _data()
+
+
+def _model(strategy=None):
+    def build():
+        keras.utils.set_random_seed(11)
+        net = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, activation="softmax")])
+        model = tfk.Model(net)
+        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=2)
+        return model
+
+    if strategy is None:
+        return build()
+    with strategy.scope():
+        return build()
+
+
+def _batches():
+    for i in range(0, N, B):
+        yield X[i : i + B], Y[i : i + B]
+
+
+class ArrayPyDataset(tfk.data.PyDataset):
+    def __init__(self, log=None, **kwargs):
+        super().__init__(**kwargs)
+        self.log = log if log is not None else []
+
+    def __len__(self):
+        return N // B
+
+    def __getitem__(self, index):
+        return X[index * B : (index + 1) * B], Y[index * B : (index + 1) * B]
+
+    def on_epoch_begin(self):
+        self.log.append("B")
+
+    def on_epoch_end(self):
+        self.log.append("E")
+
+
+class KerasPyDataset(keras.utils.PyDataset):
+    def __len__(self):
+        return N // B
+
+    def __getitem__(self, index):
+        return X[index * B : (index + 1) * B], Y[index * B : (index + 1) * B]
+
+
+def _array_reference(epochs=1):
+    model = _model()
+    history = model.fit(X, Y, batch_size=B, epochs=epochs, shuffle=False, verbose=0).history
+    return model, history
+
+
+@pytest.mark.parametrize(
+    "make_source",
+    [
+        lambda: _batches(),
+        lambda: ArrayPyDataset(),
+        lambda: ArrayPyDataset(workers=3),
+        lambda: KerasPyDataset(),
+        lambda: tf.data.Dataset.from_tensor_slices((X, Y)).batch(B),
+    ],
+    ids=["generator", "pydataset", "pydataset-threads", "keras-pydataset", "tf.data"],
+)
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_every_source_matches_arrays_in_fit_evaluate_predict(make_source, replicas, mirrored_strategy):
+    reference, expected = _array_reference()
+    strategy = mirrored_strategy(replicas) if replicas > 1 else None
+    model = _model(strategy)
+    got = model.fit(make_source(), epochs=1, shuffle=False, verbose=0).history
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.evaluate(make_source(), verbose=0), reference.evaluate(X, Y, batch_size=B, verbose=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.predict(make_source(), verbose=0), reference.predict(X, batch_size=B, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_generator_matches_keras_fit():
+    keras.utils.set_random_seed(11)
+    net = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, activation="softmax")])
+    net.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    expected = net.fit(_batches(), epochs=1, verbose=0).history
+    got = _model().fit(_batches(), epochs=1, verbose=0).history
+    assert list(got) == list(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+
+
+def test_infinite_generator_with_steps_per_epoch_never_replays():
+    seen = []
+
+    def forever():
+        i = 0
+        while True:
+            seen.append(i % (N // B))
+            yield X[(i % (N // B)) * B : (i % (N // B) + 1) * B], np.full(B, i, np.int64) % C
+            i += 1
+
+    model = _model()
+    model.fit(forever(), steps_per_epoch=3, epochs=3, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 9
+    # Each batch was produced once, in order (Keras replays its peeked batches).
+    assert seen[:9] == [0, 1, 2, 3, 4, 5, 0, 1, 2]
+
+
+def test_one_shot_generator_for_several_epochs_is_a_clear_error_and_callable_works():
+    model = _model()
+    with pytest.raises(ValueError, match="one-shot generator"):
+        model.fit(_batches(), epochs=2, verbose=0)
+    history = model.fit(_batches, epochs=3, verbose=0).history  # re-created every epoch
+    assert len(history["loss"]) == 3
+
+
+def test_generator_with_varying_non_batch_dims():
+    def ragged():
+        for t in (5, 7, 3, 9):
+            yield np.ones((4, t, 2), "float32"), np.ones((4, 1), "float32")
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((None, 2)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    model = tfk.Model(net)
+    model.compile("sgd", "mse")
+    model.fit(ragged, epochs=2, verbose=0)
+    assert model.predict(ragged(), verbose=0).shape == (16, 1)
+
+
+def test_generator_inconsistent_structure_is_a_clear_error():
+    def bad():
+        yield X[:B], Y[:B]
+        yield (X[:B],)
+
+    with pytest.raises(ValueError, match="inconsistent structure"):
+        _model().fit(bad(), verbose=0)
+
+
+def test_namedtuple_batches_are_rejected():
+    import collections
+
+    Batch = collections.namedtuple("Batch", ["x", "y"])
+
+    def gen():
+        yield Batch(X[:B], Y[:B])
+
+    with pytest.raises(TypeError, match="namedtuple"):
+        _model().fit(gen(), verbose=0)
+
+
+def test_pydataset_epoch_hooks_run_exactly_once_per_epoch():
+    log = []
+    _model().fit(ArrayPyDataset(log=log, workers=2), epochs=2, verbose=0)
+    assert log == ["B", "E", "B", "E"]
+
+
+def _tfk_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("tfk_pydataset")]
+
+
+def test_thread_workers_run_three_epochs_and_stop():
+    model = _model()
+    model.fit(ArrayPyDataset(workers=4), epochs=3, verbose=0)
+    assert not _tfk_threads()
+
+
+class FailingPyDataset(ArrayPyDataset):
+    def __getitem__(self, index):
+        if index == 3:
+            raise KeyError(f"cannot read batch {index}")
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_worker_exception_surfaces_as_itself(workers):
+    model = _model()
+    with pytest.raises(KeyError, match="cannot read batch 3"):
+        model.fit(FailingPyDataset(workers=workers), verbose=0)
+    assert not _tfk_threads()
+
+
+class ModulePyDataset(tfk.data.PyDataset):
+    """Picklable (module level) for process workers."""
+
+    def __len__(self):
+        return N // B
+
+    def __getitem__(self, index):
+        return X[index * B : (index + 1) * B], Y[index * B : (index + 1) * B]
+
+
+@pytest.mark.timeout(240)
+def test_process_workers_run_three_epochs_and_stop():
+    import multiprocessing
+
+    model = _model()
+    history = model.fit(ModulePyDataset(workers=2, use_multiprocessing=True), epochs=3, verbose=0).history
+    assert len(history["loss"]) == 3
+    assert not multiprocessing.active_children()
+
+
+def test_pydataset_with_wrong_len_is_a_clear_error():
+    class TooLong(ArrayPyDataset):
+        def __len__(self):
+            return N // B + 2
+
+        def __getitem__(self, index):
+            if index >= N // B:
+                raise IndexError(index)
+            return super().__getitem__(index)
+
+    with pytest.raises(IndexError, match="larger than the number of batches"):
+        _model().fit(TooLong(), verbose=0)
+
+
+def test_infinite_pydataset_with_steps_per_epoch():
+    class Forever(ArrayPyDataset):
+        @property
+        def num_batches(self):
+            return None
+
+        def __getitem__(self, index):
+            return super().__getitem__(index % (N // B))
+
+    model = _model()
+    model.fit(Forever(), steps_per_epoch=4, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 8
+    with pytest.raises(ValueError, match="infinite"):
+        model.fit(Forever(), epochs=1, verbose=0)
+
+
+def test_validation_data_in_every_form():
+    expected_keys = {"accuracy", "loss", "val_accuracy", "val_loss"}
+    sources = [
+        (X, Y),
+        (X, Y, np.ones(N)),
+        tf.data.Dataset.from_tensor_slices((X, Y)).batch(B),
+        ArrayPyDataset(),
+        _batches,
+    ]
+    for validation_data in sources:
+        history = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=validation_data, verbose=0)
+        assert set(history.history) == expected_keys
+    reference = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=(X, Y), verbose=0)
+    got = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=ArrayPyDataset(), verbose=0)
+    np.testing.assert_allclose(got.history["val_loss"], reference.history["val_loss"], rtol=1e-5)

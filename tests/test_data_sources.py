@@ -25,7 +25,9 @@ def _model(strategy=None):
         keras.utils.set_random_seed(11)
         net = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, activation="softmax")])
         model = tfk.Model(net)
-        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=2)
+        model.compile(
+            "sgd", "sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=2
+        )
         return model
 
     if strategy is None:
@@ -83,7 +85,9 @@ def _array_reference(epochs=1):
     ids=["generator", "pydataset", "pydataset-threads", "keras-pydataset", "tf.data"],
 )
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_every_source_matches_arrays_in_fit_evaluate_predict(make_source, replicas, mirrored_strategy):
+def test_every_source_matches_arrays_in_fit_evaluate_predict(
+    make_source, replicas, mirrored_strategy
+):
     reference, expected = _array_reference()
     strategy = mirrored_strategy(replicas) if replicas > 1 else None
     model = _model(strategy)
@@ -91,10 +95,15 @@ def test_every_source_matches_arrays_in_fit_evaluate_predict(make_source, replic
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        model.evaluate(make_source(), verbose=0), reference.evaluate(X, Y, batch_size=B, verbose=0), rtol=1e-5
+        model.evaluate(make_source(), verbose=0),
+        reference.evaluate(X, Y, batch_size=B, verbose=0),
+        rtol=1e-5,
     )
     np.testing.assert_allclose(
-        model.predict(make_source(), verbose=0), reference.predict(X, batch_size=B, verbose=0), rtol=1e-5, atol=1e-6
+        model.predict(make_source(), verbose=0),
+        reference.predict(X, batch_size=B, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -140,7 +149,9 @@ def test_generator_with_varying_non_batch_dims():
             yield np.ones((4, t, 2), "float32"), np.ones((4, 1), "float32")
 
     keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((None, 2)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    net = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)]
+    )
     model = tfk.Model(net)
     model.compile("sgd", "mse")
     model.fit(ragged, epochs=2, verbose=0)
@@ -214,7 +225,9 @@ def test_process_workers_run_three_epochs_and_stop():
     import multiprocessing
 
     model = _model()
-    history = model.fit(ModulePyDataset(workers=2, use_multiprocessing=True), epochs=3, verbose=0).history
+    history = model.fit(
+        ModulePyDataset(workers=2, use_multiprocessing=True), epochs=3, verbose=0
+    ).history
     assert len(history["loss"]) == 3
     assert not multiprocessing.active_children()
 
@@ -259,7 +272,9 @@ def test_validation_data_in_every_form():
         _batches,
     ]
     for validation_data in sources:
-        history = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=validation_data, verbose=0)
+        history = _model().fit(
+            X, Y, batch_size=B, epochs=2, validation_data=validation_data, verbose=0
+        )
         assert set(history.history) == expected_keys
     reference = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=(X, Y), verbose=0)
     got = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=ArrayPyDataset(), verbose=0)

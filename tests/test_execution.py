@@ -19,12 +19,18 @@ def _data(n=96, d=6, classes=3, seed=0):
 def _net(d=6, classes=3, seed=7):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((d,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(classes, activation="softmax")]
+        [
+            keras.Input((d,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
     )
 
 
 def _fit(model, x, y, **kwargs):
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"], **kwargs)
+    model.compile(
+        optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"], **kwargs
+    )
     return model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
 
 
@@ -66,7 +72,9 @@ def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
 
     def net():
         keras.utils.set_random_seed(3)
-        return keras.Sequential([keras.Input((6,)), _HostOp(), keras.layers.Dense(3, activation="softmax")])
+        return keras.Sequential(
+            [keras.Input((6,)), _HostOp(), keras.layers.Dense(3, activation="softmax")]
+        )
 
     model = tfk.Model(net())
     with caplog.at_level(logging.WARNING, logger="tfk_trainer"):

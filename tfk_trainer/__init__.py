@@ -1,10 +1,10 @@
 """tfk_trainer: the Keras Model training API, natively on TensorFlow.
 
-    import tfk_trainer as tfk
-    model = tfk.Model(keras_network)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=16)
-    model.fit(x, y, epochs=3, validation_split=0.1)
+import tfk_trainer as tfk
+model = tfk.Model(keras_network)
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"], steps_per_execution=16)
+model.fit(x, y, epochs=3, validation_split=0.1)
 """
 
 from tfk_trainer import callbacks, data, datasets

@@ -73,8 +73,18 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
             return keras.optimizers.get(optimizer)
         except ValueError:
             names = [
-                "adadelta", "adafactor", "adagrad", "adam", "adamw", "adamax", "ftrl",
-                "lamb", "lion", "nadam", "rmsprop", "sgd",
+                "adadelta",
+                "adafactor",
+                "adagrad",
+                "adam",
+                "adamw",
+                "adamax",
+                "ftrl",
+                "lamb",
+                "lion",
+                "nadam",
+                "rmsprop",
+                "sgd",
             ]
             close = difflib.get_close_matches(optimizer.lower(), names, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -135,7 +145,9 @@ def resolve_loss(identifier: Any, y_true_shape, y_pred_shape) -> keras.losses.Lo
     )
 
 
-def resolve_metric(identifier: Any, y_true_shape, y_pred_shape, argument: str) -> keras.metrics.Metric:
+def resolve_metric(
+    identifier: Any, y_true_shape, y_pred_shape, argument: str
+) -> keras.metrics.Metric:
     """A `keras.metrics.Metric` named as the user wrote it."""
     if isinstance(identifier, keras.metrics.Metric):
         return identifier
@@ -275,9 +287,7 @@ def check_compile_args(
         raise ValueError(
             f"`steps_per_execution` must be a positive int; received {steps_per_execution}."
         )
-    if jit_compile not in ("auto", True, False) or (
-        not isinstance(jit_compile, (bool, str))
-    ):
+    if jit_compile not in ("auto", True, False) or (not isinstance(jit_compile, (bool, str))):
         raise ValueError(
             f'`jit_compile` must be "auto", True or False; received jit_compile={jit_compile!r}.'
         )

@@ -55,7 +55,9 @@ class _LossTracker(keras.metrics.Metric):
         self.count.assign_add(tf.cast(count, "float32"))
 
     def result(self):
-        return tf.math.divide_no_nan(tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.count))
+        return tf.math.divide_no_nan(
+            tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.count)
+        )
 
 
 class _EngineState:
@@ -79,20 +81,28 @@ class _Executor:
     def __init__(self, model: Model, jit: bool, allow_fallback: bool, run_eagerly: bool):
         strategy = model.distribute_strategy
         self.train = execution.CompiledFunction(
-            lambda j: execution.make_step_loop(strategy, model.train_step, jit=j, run_eagerly=run_eagerly),
+            lambda j: execution.make_step_loop(
+                strategy, model.train_step, jit=j, run_eagerly=run_eagerly
+            ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
             kind="train",
         )
         self.test = execution.CompiledFunction(
-            lambda j: execution.make_step_loop(strategy, model.test_step, jit=j, run_eagerly=run_eagerly),
+            lambda j: execution.make_step_loop(
+                strategy, model.test_step, jit=j, run_eagerly=run_eagerly
+            ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
             kind="test",
         )
         self.predict = execution.CompiledFunction(
             lambda j: execution.make_predict_loop(
-                strategy, model.predict_step, model._state.output_structure, jit=j, run_eagerly=run_eagerly
+                strategy,
+                model.predict_step,
+                model._state.output_structure,
+                jit=j,
+                run_eagerly=run_eagerly,
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
@@ -111,7 +121,11 @@ def _accepts_training(fn: Any) -> bool:
 
 
 def _zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
-    shape = [1 if d is None else d for d in spec.shape.as_list()] if spec.shape.rank is not None else [1]
+    shape = (
+        [1 if d is None else d for d in spec.shape.as_list()]
+        if spec.shape.rank is not None
+        else [1]
+    )
     if spec.dtype == tf.string:
         return tf.fill(shape, "")
     return tf.zeros(shape, spec.dtype)
@@ -143,7 +157,9 @@ class Model(tf.Module):
         self.history = None
         self._strategy = None
         self._network_takes_training = network is not None and _accepts_training(
-            getattr(network, "call", network) if isinstance(network, keras.layers.Layer) else network
+            getattr(network, "call", network)
+            if isinstance(network, keras.layers.Layer)
+            else network
         )
         if isinstance(network, keras.layers.Layer):
             self._network_takes_training = True
@@ -318,7 +334,9 @@ class Model(tf.Module):
                 jit_compile=jit_compile,
                 auto_scale_loss=auto_scale_loss,
             )
-            self._jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
+            self._jit = execution.resolve_jit_compile(
+                config.jit_compile, strategy, config.run_eagerly
+            )
             policy = keras.config.dtype_policy()
             if (
                 auto_scale_loss
@@ -459,13 +477,17 @@ class Model(tf.Module):
         local_batch = tf.cast(step_lib.batch_size_of(x), tf.float32)
         total = tf.constant(0.0, tf.float32)
         if objectives.loss is not None:
-            local_sum, count, _ = step_lib.loss_sum_and_count(objectives.loss, y, y_pred, sample_weight)
+            local_sum, count, _ = step_lib.loss_sum_and_count(
+                objectives.loss, y, y_pred, sample_weight
+            )
             local_sum = tf.cast(local_sum, tf.float32)
             if count is None:
                 global_batch = step_lib.all_reduce_sum(local_batch)
                 total += objectives.loss_weight * local_sum
             else:
-                reduced = step_lib.all_reduce_sum(tf.stack([tf.cast(count, tf.float32), local_batch]))
+                reduced = step_lib.all_reduce_sum(
+                    tf.stack([tf.cast(count, tf.float32), local_batch])
+                )
                 total += objectives.loss_weight * step_lib.divide_no_nan(local_sum, reduced[0])
                 global_batch = reduced[1]
         else:
@@ -489,7 +511,9 @@ class Model(tf.Module):
     def _loss_for_step(self, x, y, y_pred, sample_weight) -> tuple[tf.Tensor, tf.Tensor]:
         if type(self).compute_loss is Model.compute_loss:
             return self._loss_and_global_batch(x, y, y_pred, sample_weight)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
         global_batch = step_lib.all_reduce_sum(tf.cast(step_lib.batch_size_of(x), tf.float32))
         return tf.cast(loss, tf.float32), global_batch
 
@@ -500,7 +524,9 @@ class Model(tf.Module):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight)
-            scaled = self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
+            scaled = (
+                self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
+            )
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self._track_loss(loss, global_batch, x)
@@ -546,7 +572,9 @@ class Model(tf.Module):
         _check_int(epochs, "epochs", minimum=0)
         _check_int(initial_epoch, "initial_epoch", minimum=0)
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-            raise TypeError(f"`validation_split` must be a float in [0, 1); received {validation_split!r}.")
+            raise TypeError(
+                f"`validation_split` must be a float in [0, 1); received {validation_split!r}."
+            )
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"`validation_split` must be in [0, 1); received {validation_split}.")
         validation_freq = check_validation_freq(validation_freq)
@@ -594,9 +622,11 @@ class Model(tf.Module):
             # Validation restarts from the beginning each time, except a one-shot
             # generator, which can only continue where the last validation stopped.
             val_plan.persistent = val_adapter.one_shot
-            if val_adapter.one_shot and validation_steps is None and _validation_count(
-                initial_epoch, epochs, validation_freq
-            ) > 1:
+            if (
+                val_adapter.one_shot
+                and validation_steps is None
+                and _validation_count(initial_epoch, epochs, validation_freq) > 1
+            ):
                 raise ValueError(
                     "`validation_data` is a one-shot generator, which provides a single pass "
                     "of data, but validation runs more than once. Pass `validation_steps` "
@@ -606,15 +636,19 @@ class Model(tf.Module):
             persistent_val = Iterators(self.distribute_strategy, val_plan, 0)
 
             def validation() -> dict[str, float]:
-                iterators = persistent_val if val_plan.persistent else Iterators(
-                    self.distribute_strategy, val_plan, 0
+                iterators = (
+                    persistent_val
+                    if val_plan.persistent
+                    else Iterators(self.distribute_strategy, val_plan, 0)
                 )
                 return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
 
         history = History()
         user_callbacks = list(callbacks or [])
         all_callbacks = [history] + user_callbacks
-        if verbose and not any(isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks):
+        if verbose and not any(
+            isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks
+        ):
             all_callbacks.append(ProgbarLogger(verbose))
         callback_list = CallbackList(
             all_callbacks,
@@ -657,7 +691,9 @@ class Model(tf.Module):
             )
         self._require_compiled("evaluate")
         verbose = resolve_verbose(verbose)
-        adapter = adapters_lib.get_adapter(x, y, sample_weight, batch_size=batch_size, shuffle=False)
+        adapter = adapters_lib.get_adapter(
+            x, y, sample_weight, batch_size=batch_size, shuffle=False
+        )
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_built(adapter.element_spec)
@@ -823,6 +859,10 @@ def _unpack_validation_data(validation_data: Any) -> tuple:
         "`validation_data` must be a tuple `(x_val, y_val)` or `(x_val, y_val, "
         "val_sample_weight)`, a tf.data.Dataset, a PyDataset or a generator; received "
         f"{type(validation_data).__name__}"
-        + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
+        + (
+            f" of length {len(validation_data)}"
+            if isinstance(validation_data, (tuple, list))
+            else ""
+        )
         + "."
     )

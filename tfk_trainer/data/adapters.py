@@ -154,18 +154,14 @@ class ArrayAdapter(DataAdapter):
             )
             batches = tf.data.Dataset.from_tensor_slices(
                 tf.gather(tf.reshape(indices[:full], [-1, bs]), order)
-            ).map(
-                lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1)
-            )
+            ).map(lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1))
         if full < n:
             batches = batches.concatenate(tf.data.Dataset.from_tensors(indices[full:]))
         return batches
 
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
         last = _MAX_EPOCHS if repeat else first_epoch + 1
-        index_batches = tf.data.Dataset.range(first_epoch, last).flat_map(
-            self._epoch_index_batches
-        )
+        index_batches = tf.data.Dataset.range(first_epoch, last).flat_map(self._epoch_index_batches)
         data = tf.data.Dataset.from_tensors(self._data).repeat()
 
         def gather(idx, arrays):
@@ -177,7 +173,9 @@ class ArrayAdapter(DataAdapter):
         if self._class_weight is not None:
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -238,23 +236,33 @@ def get_adapter(
         raise ValueError(f"`{argument}` is required; received None.")
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-            raise TypeError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
+            raise TypeError(
+                f"`batch_size` must be a positive int or None; received {batch_size!r}."
+            )
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size}.")
     if class_weight is not None:
         class_weight_lib.validate(class_weight)
     if isinstance(x, tf.data.Dataset):
-        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a tf.data.Dataset")
+        _reject_with_dataset(
+            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a tf.data.Dataset"
+        )
         return DatasetAdapter(x, class_weight=class_weight)
     from tfk_trainer.data import python_sources
 
     if python_sources.is_py_dataset(x):
-        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a PyDataset")
-        return python_sources.PyDatasetAdapter(x, shuffle=shuffle, class_weight=class_weight, argument=argument)
+        _reject_with_dataset(
+            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a PyDataset"
+        )
+        return python_sources.PyDatasetAdapter(
+            x, shuffle=shuffle, class_weight=class_weight, argument=argument
+        )
     if python_sources.is_generator_like(x) or (
         callable(x) and not structure.is_array_like(x) and not isinstance(x, type)
     ):
-        _reject_with_dataset(y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a generator")
+        _reject_with_dataset(
+            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a generator"
+        )
         return python_sources.GeneratorAdapter(x, class_weight=class_weight, argument=argument)
     if isinstance(x, (tf.distribute.DistributedDataset,)):
         raise TypeError(
@@ -318,8 +326,6 @@ def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tupl
         )
 
     def take(lo, hi):
-        return tf.nest.map_structure(
-            lambda a: None if a is None else a[lo:hi], arrays
-        )
+        return tf.nest.map_structure(lambda a: None if a is None else a[lo:hi], arrays)
 
     return take(0, split_at), take(split_at, n)

@@ -25,11 +25,19 @@ class PyDataset:
         max_queue_size: how many batches may be prepared ahead.
     """
 
-    def __init__(self, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10):
+    def __init__(
+        self, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10
+    ):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"`workers` must be a positive int; received {workers!r}.")
-        if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, int) or max_queue_size < 1:
-            raise ValueError(f"`max_queue_size` must be a positive int; received {max_queue_size!r}.")
+        if (
+            isinstance(max_queue_size, bool)
+            or not isinstance(max_queue_size, int)
+            or max_queue_size < 1
+        ):
+            raise ValueError(
+                f"`max_queue_size` must be a positive int; received {max_queue_size!r}."
+            )
         self.workers = workers
         self.use_multiprocessing = bool(use_multiprocessing)
         self.max_queue_size = max_queue_size

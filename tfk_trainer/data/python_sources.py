@@ -84,7 +84,9 @@ class _PythonSource(DataAdapter):
                     f"the first batch: {_describe(batch)} vs {_describe(self._first)}."
                 )
         return tuple(
-            tf.nest.map_structure(lambda a, s: np.asarray(a, dtype=np.asarray(s).dtype), batch, self._first)
+            tf.nest.map_structure(
+                lambda a, s: np.asarray(a, dtype=np.asarray(s).dtype), batch, self._first
+            )
         )
 
     @property
@@ -101,7 +103,9 @@ class _PythonSource(DataAdapter):
                 self._error = e
                 raise
 
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=_relaxed_spec(self._first))
+        dataset = tf.data.Dataset.from_generator(
+            generate, output_signature=_relaxed_spec(self._first)
+        )
         if self._class_weight is not None:
             dataset = apply_to_dataset(dataset, self._class_weight)
         return dataset.prefetch(tf.data.AUTOTUNE)
@@ -163,10 +167,10 @@ class GeneratorAdapter(_PythonSource):
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
         if self._passes and self._factory is None:
             raise ValueError(
-            f"The generator passed as `{self._source.split()[0]}` was already consumed by an "
-            "earlier epoch: a one-shot generator provides one pass of data. Pass "
-            "`steps_per_epoch` (with an infinite generator), or a callable that returns a "
-            "fresh generator."
+                f"The generator passed as `{self._source.split()[0]}` was already consumed by an "
+                "earlier epoch: a one-shot generator provides one pass of data. Pass "
+                "`steps_per_epoch` (with an infinite generator), or a callable that returns a "
+                "fresh generator."
             )
         return self._dataset_from(self._batches)
 
@@ -174,7 +178,14 @@ class GeneratorAdapter(_PythonSource):
 class PyDatasetAdapter(_PythonSource):
     """A `tfk_trainer.data.PyDataset` or `keras.utils.PyDataset`, prefetched by workers."""
 
-    def __init__(self, dataset: Any, *, shuffle: bool | str = False, class_weight: dict | None = None, argument: str = "x"):
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        shuffle: bool | str = False,
+        class_weight: dict | None = None,
+        argument: str = "x",
+    ):
         super().__init__(class_weight)
         self._source = f"{argument} (PyDataset)"
         self._dataset = dataset

@@ -125,8 +125,7 @@ def check_consistent_lengths(named: dict[str, Any]) -> int:
     if len(distinct) > 1:
         detail = ", ".join(f"{p}: {n}" for p, n in lengths.items())
         raise ValueError(
-            "All arrays must have the same number of samples (first dimension); "
-            f"received {detail}."
+            f"All arrays must have the same number of samples (first dimension); received {detail}."
         )
     if distinct and distinct[0] == 0:
         raise ValueError(

@@ -118,7 +118,11 @@ class CompiledFunction:
             return out
         try:
             out = self._fn(*args)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as e:
+        except (
+            tf.errors.InvalidArgumentError,
+            tf.errors.UnimplementedError,
+            tf.errors.InternalError,
+        ) as e:
             if not any(m in str(e) for m in _XLA_FAILURE_MARKERS):
                 raise
             log.warning(
@@ -212,9 +216,7 @@ def make_predict_loop(
                 )
                 return i + 1, tf.constant(False), written
 
-            return tf.cond(
-                optional.has_value(), run, lambda: (i, tf.constant(True), arrays)
-            )
+            return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True), arrays))
 
         steps, _, arrays = tf.while_loop(
             cond,
@@ -223,9 +225,7 @@ def make_predict_loop(
             parallel_iterations=1,
         )
         outputs = tf.nest.map_structure(
-            lambda ta: tf.cond(
-                steps > 0, ta.concat, lambda: tf.zeros([0], ta.dtype)
-            ),
+            lambda ta: tf.cond(steps > 0, ta.concat, lambda: tf.zeros([0], ta.dtype)),
             arrays,
         )
         return steps, outputs

@@ -44,7 +44,9 @@ class EpochPlan:
                 else:
                     return cls(adapter, None, persistent=True)
             elif steps <= 0:
-                raise ValueError(f"`{argument}` must be a positive int, -1 or None; received {steps}.")
+                raise ValueError(
+                    f"`{argument}` must be a positive int, -1 or None; received {steps}."
+                )
             else:
                 return cls(adapter, steps, persistent=True)
         if adapter.is_infinite:
@@ -73,9 +75,7 @@ class Iterators:
         if not self._plan.persistent:
             return self._make(epoch, repeat=False)
         if self._persistent is None:
-            self._persistent = self._make(
-                self._first_epoch, repeat=self._plan.adapter.can_repeat
-            )
+            self._persistent = self._make(self._first_epoch, repeat=self._plan.adapter.can_repeat)
         return self._persistent
 
     def reset(self, epoch: int):
@@ -155,7 +155,10 @@ class Driver:
             requested = spe if plan.steps is None else min(spe, plan.steps - step)
             try:
                 ran_t, outputs = _execute(
-                    model._executor.predict, plan.adapter, iterator, tf.constant(requested, tf.int64)
+                    model._executor.predict,
+                    plan.adapter,
+                    iterator,
+                    tf.constant(requested, tf.int64),
                 )
             except XlaFallback:
                 iterator = iterators.reset(0)
@@ -210,7 +213,10 @@ class Driver:
                 callbacks.on_train_batch_begin(step)
                 try:
                     ran_t = _execute(
-                        model._executor.train, plan.adapter, iterator, tf.constant(requested, tf.int64)
+                        model._executor.train,
+                        plan.adapter,
+                        iterator,
+                        tf.constant(requested, tf.int64),
                     )
                 except XlaFallback:
                     if step:
@@ -273,7 +279,9 @@ def _should_validate(epoch: int, validation_freq: Any) -> bool:
 
 def check_validation_freq(validation_freq: Any) -> Any:
     if isinstance(validation_freq, bool):
-        raise TypeError(f"`validation_freq` must be an int or a list of ints; received {validation_freq!r}.")
+        raise TypeError(
+            f"`validation_freq` must be an int or a list of ints; received {validation_freq!r}."
+        )
     if isinstance(validation_freq, (int, np.integer)):
         if validation_freq < 1:
             raise ValueError(f"`validation_freq` must be >= 1; received {validation_freq}.")

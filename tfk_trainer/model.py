@@ -26,10 +26,17 @@ from tfk_trainer.callbacks.base import CallbackList
 from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
+from tfk_trainer.data import static as static_lib
 from tfk_trainer.data import structure
 from tfk_trainer.engine import execution
 from tfk_trainer.engine import step as step_lib
-from tfk_trainer.engine.loop import Driver, EpochPlan, Iterators, check_validation_freq
+from tfk_trainer.engine.loop import (
+    Driver,
+    EpochPlan,
+    Iterators,
+    check_validation_freq,
+    drop_padding,
+)
 
 # Attributes of the engine itself, never walked for the network's variables.
 _ENGINE_ATTRS = frozenset(
@@ -99,8 +106,8 @@ class _Executor:
         self.predict = execution.CompiledFunction(
             lambda j: execution.make_predict_loop(
                 strategy,
-                model.predict_step,
-                model._state.output_structure,
+                model._predict_replica,
+                (model._state.output_structure, tf.TensorSpec([None], tf.bool)),
                 jit=j,
                 run_eagerly=run_eagerly,
             ),
@@ -108,8 +115,10 @@ class _Executor:
             allow_fallback=allow_fallback,
             kind="predict",
         )
-        read = model._metric_results
-        self.read_logs = read if run_eagerly else tf.function(read)
+        # Read eagerly: it runs once per epoch or progress-bar refresh, where a
+        # few eager reads cost less than a traced function per model (and TF's
+        # retracing detector would warn once a process has built five models).
+        self.read_logs = model._metric_results
 
 
 def _accepts_training(fn: Any) -> bool:
@@ -138,10 +147,32 @@ class Model(tf.Module):
         network: the callable to train: a Keras layer or model, a `tf.Module`
             or a Sonnet module. Omit it when subclassing and implementing `call`.
         name: optional module name.
+        static_shapes: every batch the same shape (what TPUs need). None (the
+            default) turns it on under TPUStrategy only. Training then drops
+            or wraps the last partial batch (`static_remainder`), and
+            `evaluate`/`predict` pad it and ignore the padding, so their
+            results equal the dynamic-shape ones.
+        static_remainder: "drop" (skip the last partial training batch) or
+            "wrap" (complete it with samples from the start of the epoch;
+            array inputs only).
     """
 
-    def __init__(self, network: Any = None, *, name: str | None = None):
+    def __init__(
+        self,
+        network: Any = None,
+        *,
+        name: str | None = None,
+        static_shapes: bool | None = None,
+        static_remainder: str = "drop",
+    ):
         super().__init__(name=name)
+        if static_shapes not in (None, True, False):
+            raise ValueError(
+                f"`static_shapes` must be None (on under TPUStrategy), True or False; "
+                f"received {static_shapes!r}."
+            )
+        self.static_shapes = static_shapes
+        self.static_remainder = static_lib.check_mode(static_remainder)
         if network is not None and not callable(network):
             raise TypeError(
                 "`network` must be callable (a Keras layer/model, a tf.Module with "
@@ -293,6 +324,24 @@ class Model(tf.Module):
         for layer in layers:
             out.extend(layer.losses)
         return out
+
+    def _static_mode(self, training: bool) -> str | None:
+        """The static-shape mode for a new adapter, or None for dynamic shapes."""
+        on = self.static_shapes
+        if on is None:
+            on = execution._is_tpu_strategy(self.distribute_strategy)
+        if not on:
+            return None
+        return self.static_remainder if training else "pad"
+
+    def _check_static_batch(self, adapter: Any) -> None:
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        size = adapter.batch_size
+        if size is not None and size % replicas:
+            raise ValueError(
+                f"Static-shape mode splits each batch evenly across the {replicas} replicas, "
+                f"but the batch size is {size}. Use a batch size divisible by {replicas}."
+            )
 
     # -- compile -------------------------------------------------------------
 
@@ -472,13 +521,16 @@ class Model(tf.Module):
         loss, _ = self._loss_and_global_batch(x, y, y_pred, sample_weight)
         return loss
 
-    def _loss_and_global_batch(self, x, y, y_pred, sample_weight) -> tuple[tf.Tensor, tf.Tensor]:
+    def _loss_and_global_batch(
+        self, x, y, y_pred, sample_weight, valid=None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """`(this replica's loss share, global batch size)`, padding excluded."""
         objectives = self._objectives
-        local_batch = tf.cast(step_lib.batch_size_of(x), tf.float32)
+        local_batch = _local_batch(x, valid)
         total = tf.constant(0.0, tf.float32)
         if objectives.loss is not None:
             local_sum, count, _ = step_lib.loss_sum_and_count(
-                objectives.loss, y, y_pred, sample_weight
+                objectives.loss, y, y_pred, sample_weight, valid
             )
             local_sum = tf.cast(local_sum, tf.float32)
             if count is None:
@@ -498,52 +550,81 @@ class Model(tf.Module):
         return total, global_batch
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:
+        """Updates the compiled metrics (plain ones unweighted, as Keras does)."""
+        self._update_metrics(y, y_pred, sample_weight, None)
+
+    def _update_metrics(self, y, y_pred, sample_weight, valid) -> None:
+        if type(self).compute_metrics is not Model.compute_metrics:
+            weights = sample_weight
+            if valid is not None:
+                weights = _rows(valid) if weights is None else _times_rows(weights, valid)
+            self.compute_metrics(None, y, y_pred, weights)
+            return
         for compiled in self._objectives.metrics:
-            if compiled.weighted and sample_weight is not None:
-                compiled.metric.update_state(y, y_pred, sample_weight=sample_weight)
-            else:
+            weights = sample_weight if compiled.weighted else None
+            if valid is not None:
+                weights = _rows(valid) if weights is None else _times_rows(weights, valid)
+            if weights is None:
                 compiled.metric.update_state(y, y_pred)
+            else:
+                compiled.metric.update_state(y, y_pred, sample_weight=weights)
 
-    def _track_loss(self, loss: tf.Tensor, global_batch: tf.Tensor, x: Any) -> None:
-        local_batch = tf.cast(step_lib.batch_size_of(x), tf.float32)
-        self._loss_tracker.update_state(loss * global_batch, local_batch)
+    def _track_loss(self, loss: tf.Tensor, global_batch: tf.Tensor, x: Any, valid=None) -> None:
+        self._loss_tracker.update_state(loss * global_batch, _local_batch(x, valid))
 
-    def _loss_for_step(self, x, y, y_pred, sample_weight) -> tuple[tf.Tensor, tf.Tensor]:
+    def _loss_for_step(
+        self, x, y, y_pred, sample_weight, valid=None, training=True
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         if type(self).compute_loss is Model.compute_loss:
-            return self._loss_and_global_batch(x, y, y_pred, sample_weight)
+            return self._loss_and_global_batch(x, y, y_pred, sample_weight, valid)
+        if valid is not None:
+            sample_weight = (
+                _rows(valid) if sample_weight is None else _times_rows(sample_weight, valid)
+            )
         loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
-        global_batch = step_lib.all_reduce_sum(tf.cast(step_lib.batch_size_of(x), tf.float32))
+        global_batch = step_lib.all_reduce_sum(_local_batch(x, valid))
         return tf.cast(loss, tf.float32), global_batch
 
     def train_step(self, data: Any) -> None:
         """One replica's training step: forward, loss, gradients, update, metrics."""
+        data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         variables = self._state.trainable
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight)
+            loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight, valid)
             scaled = (
                 self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
             )
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        self._track_loss(loss, global_batch, x)
-        self.compute_metrics(x, y, y_pred, sample_weight)
+        self._track_loss(loss, global_batch, x, valid)
+        self._update_metrics(y, y_pred, sample_weight, valid)
 
     def test_step(self, data: Any) -> None:
         """One replica's evaluation step: forward, loss, metrics."""
+        data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
-        loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight)
-        self._track_loss(loss, global_batch, x)
-        self.compute_metrics(x, y, y_pred, sample_weight)
+        loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight, valid, False)
+        self._track_loss(loss, global_batch, x, valid)
+        self._update_metrics(y, y_pred, sample_weight, valid)
 
     def predict_step(self, data: Any) -> Any:
         """One replica's prediction step."""
         x, _, _ = structure.unpack_x_y_sample_weight(data)
         return self(x, training=False)
+
+    def _predict_replica(self, data: Any) -> tuple[Any, tf.Tensor]:
+        """`(outputs, valid rows)`: the driver drops padded rows."""
+        data, valid = structure.split_padding(data)
+        outputs = self.predict_step(data)
+        if valid is None:
+            first = tf.nest.flatten(outputs)[0]
+            valid = tf.ones(tf.shape(first)[:1], tf.bool)
+        return outputs, valid
 
     # -- fit / evaluate / predict --------------------------------------------
 
@@ -594,8 +675,16 @@ class Model(tf.Module):
                 validation_data = validation_data[:2]
 
         adapter = adapters_lib.get_adapter(
-            x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, class_weight=class_weight
+            x,
+            y,
+            sample_weight,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            class_weight=class_weight,
+            static=self._static_mode(training=True),
         )
+        if self._static_mode(training=True):
+            self._check_static_batch(adapter)
         plan = EpochPlan.create(adapter, steps_per_epoch, "steps_per_epoch")
         if adapter.one_shot and steps_per_epoch is None and epochs - initial_epoch > 1:
             raise ValueError(
@@ -616,6 +705,7 @@ class Model(tf.Module):
                 if structure.is_array_structure(vx)
                 else validation_batch_size,
                 shuffle=False,
+                static=self._static_mode(training=False),
                 argument="validation_data",
             )
             val_plan = EpochPlan.create(val_adapter, validation_steps, "validation_steps")
@@ -692,7 +782,12 @@ class Model(tf.Module):
         self._require_compiled("evaluate")
         verbose = resolve_verbose(verbose)
         adapter = adapters_lib.get_adapter(
-            x, y, sample_weight, batch_size=batch_size, shuffle=False
+            x,
+            y,
+            sample_weight,
+            batch_size=batch_size,
+            shuffle=False,
+            static=self._static_mode(training=False),
         )
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
@@ -719,7 +814,9 @@ class Model(tf.Module):
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Generates predictions; nested and dict outputs keep their structure."""
         verbose = resolve_verbose(verbose)
-        adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False)
+        adapter = adapters_lib.get_adapter(
+            x, batch_size=batch_size, shuffle=False, static=self._static_mode(training=False)
+        )
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_predict_ready(adapter.element_spec)
@@ -798,7 +895,7 @@ class Model(tf.Module):
         self._ensure_predict_ready(dataset.element_spec)
         iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
         _, outputs = self._executor.predict(iterator, tf.constant(1, tf.int64))
-        return tf.nest.map_structure(lambda t: t.numpy(), outputs)
+        return drop_padding(outputs)
 
     # -- misc ----------------------------------------------------------------
 
@@ -825,6 +922,28 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _local_batch(x: Any, valid: Any) -> tf.Tensor:
+    if valid is None:
+        return tf.cast(step_lib.batch_size_of(x), tf.float32)
+    return tf.reduce_sum(tf.cast(valid, tf.float32))
+
+
+def _rows(valid: tf.Tensor) -> tf.Tensor:
+    return tf.cast(valid, tf.float32)
+
+
+def _times_rows(weights: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    weights = tf.cast(weights, tf.float32)
+    rows = tf.cast(valid, tf.float32)
+    while (
+        rows.shape.rank is not None
+        and weights.shape.rank is not None
+        and rows.shape.rank < weights.shape.rank
+    ):
+        rows = tf.expand_dims(rows, -1)
+    return weights * rows
 
 
 def _validation_count(initial_epoch: int, epochs: int, validation_freq: Any) -> int:

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
+from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
 
@@ -95,7 +96,12 @@ class ArrayAdapter(DataAdapter):
         shuffle: bool | str = False,
         class_weight: dict | None = None,
         seed: int | None = None,
+        static: str | None = None,
     ):
+        if static not in (None, "drop", "wrap", "pad"):
+            raise ValueError(
+                f'`static` must be None, "drop", "wrap" or "pad"; received {static!r}.'
+            )
         if shuffle not in (True, False, "batch"):
             raise ValueError(
                 f'`shuffle` must be True, False or "batch"; received shuffle={shuffle!r}.'
@@ -116,6 +122,16 @@ class ArrayAdapter(DataAdapter):
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._class_weight = class_weight
         self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
+        self._static = static
+        if static is not None:
+            # A static batch is never clipped to the data: padding fills it.
+            self._batch_size = batch_size or 32
+        if static == "drop" and self._num_samples < self._batch_size:
+            raise ValueError(
+                f"Static-shape mode drops the last partial batch, but there are only "
+                f"{self._num_samples} samples for batch_size={self._batch_size}: no batch is left. "
+                'Use a smaller batch size or static_remainder="wrap".'
+            )
 
     @property
     def num_samples(self) -> int:
@@ -129,6 +145,8 @@ class ArrayAdapter(DataAdapter):
 
     @property
     def num_batches(self) -> int:
+        if self._static == "drop":
+            return self._num_samples // self._batch_size
         return -(-self._num_samples // self._batch_size)
 
     @property
@@ -155,8 +173,15 @@ class ArrayAdapter(DataAdapter):
             batches = tf.data.Dataset.from_tensor_slices(
                 tf.gather(tf.reshape(indices[:full], [-1, bs]), order)
             ).map(lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1))
-        if full < n:
-            batches = batches.concatenate(tf.data.Dataset.from_tensors(indices[full:]))
+        if full < n and self._static != "drop":
+            tail = indices[full:]
+            missing = bs - (n - full)
+            if self._static == "wrap":
+                # Complete the last batch with the epoch's first samples (tiled if needed).
+                tail = tf.concat([tail, tf.tile(indices, [missing // n + 1])[:missing]], 0)
+            elif self._static == "pad":
+                tail = tf.concat([tail, -tf.ones([missing], tf.int64)], 0)
+            batches = batches.concatenate(tf.data.Dataset.from_tensors(tail))
         return batches
 
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
@@ -164,13 +189,26 @@ class ArrayAdapter(DataAdapter):
         index_batches = tf.data.Dataset.range(first_epoch, last).flat_map(self._epoch_index_batches)
         data = tf.data.Dataset.from_tensors(self._data).repeat()
 
+        static, bs = self._static, self._batch_size
+
         def gather(idx, arrays):
-            return tf.nest.map_structure(lambda a: tf.gather(a, idx, axis=0), arrays)
+            rows = tf.maximum(idx, 0)
+            batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
+            if static is None:
+                return batch
+            batch = structure.set_batch_dim(batch, bs)
+            if static == "pad":
+                return PaddedBatch(tuple(batch), idx >= 0)
+            return batch
 
         dataset = tf.data.Dataset.zip((index_batches, data)).map(
             gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
         if self._class_weight is not None:
+            if static == "pad":
+                raise ValueError(
+                    "`class_weight` applies to training only, not to padded evaluation."
+                )
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -227,11 +265,42 @@ def get_adapter(
     batch_size: int | None = None,
     shuffle: bool | str = False,
     class_weight: dict | None = None,
-    steps: int | None = None,
+    static: str | None = None,
     argument: str = "x",
 ) -> DataAdapter:
-    """Picks the adapter for `x`, with the seed's rules on what may accompany it."""
-    del steps
+    """Picks the adapter for `x`, with the seed's rules on what may accompany it.
+
+    `static` selects static-shape mode: "drop" or "wrap" (training) or "pad"
+    (evaluate/predict); None keeps the partial last batch as it is.
+    """
+    adapter = _make_adapter(
+        x,
+        y,
+        sample_weight,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        class_weight=class_weight,
+        static=static,
+        argument=argument,
+    )
+    if static is not None and not isinstance(adapter, ArrayAdapter):
+        from tfk_trainer.data.static import StaticShapeAdapter
+
+        adapter = StaticShapeAdapter(adapter, static)
+    return adapter
+
+
+def _make_adapter(
+    x: Any,
+    y: Any,
+    sample_weight: Any,
+    *,
+    batch_size: int | None,
+    shuffle: bool | str,
+    class_weight: dict | None,
+    static: str | None,
+    argument: str,
+) -> DataAdapter:
     if x is None:
         raise ValueError(f"`{argument}` is required; received None.")
     if batch_size is not None:
@@ -287,6 +356,7 @@ def get_adapter(
             batch_size=batch_size,
             shuffle=shuffle,
             class_weight=class_weight,
+            static=static,
         )
     raise TypeError(
         f"Unrecognized data type for `{argument}`: {type(x).__name__}. Accepted: a NumPy "

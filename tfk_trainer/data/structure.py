@@ -9,7 +9,7 @@ lives in one place.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -147,3 +147,31 @@ def _leaf_paths(value: Any, prefix: str) -> list[tuple[str, Any]]:
             out.extend(_leaf_paths(item, f"{prefix}[{i}]"))
         return out
     return [(prefix, value)]
+
+
+class PaddedBatch(NamedTuple):
+    """A batch padded to the static batch size, with its real rows marked.
+
+    Static-shape mode (TPUs) pads the last batch of `evaluate`/`predict` so
+    every batch has the same shape; `valid` is a bool vector, True for real
+    rows. The engine's steps weight losses and metrics by it and drop the
+    padded predictions, so results equal the dynamic-shape ones.
+    """
+
+    data: tuple
+    valid: Any
+
+
+def split_padding(data: Any) -> tuple[Any, Any]:
+    """`(data, valid)` for a PaddedBatch, `(data, None)` otherwise."""
+    if isinstance(data, PaddedBatch):
+        return data.data, data.valid
+    return data, None
+
+
+def set_batch_dim(batch: Any, batch_size: int) -> Any:
+    """Pins the batch dimension of every leaf (static shapes for XLA/TPU)."""
+    return tf.nest.map_structure(
+        lambda t: tf.ensure_shape(t, [batch_size] + t.shape.as_list()[1:]) if t.shape.rank else t,
+        batch,
+    )

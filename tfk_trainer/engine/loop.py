@@ -167,7 +167,7 @@ class Driver:
             ran = int(ran_t)
             if ran == 0:
                 break
-            outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+            outputs = drop_padding(outputs)
             chunks.append(outputs)
             step += ran
             if callbacks.wants_batch("on_predict_batch_end"):
@@ -269,6 +269,16 @@ class Driver:
 
     def _lazy_logs(self) -> LazyLogs:
         return LazyLogs(self.model.metrics_names, self.model._executor.read_logs)
+
+
+def drop_padding(outputs_and_valid: tuple) -> Any:
+    """NumPy outputs with padded rows (static-shape mode) removed."""
+    outputs, valid = outputs_and_valid
+    valid = valid.numpy()
+    outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+    if valid.all():
+        return outputs
+    return tf.nest.map_structure(lambda a: a[valid], outputs)
 
 
 def _should_validate(epoch: int, validation_freq: Any) -> bool:

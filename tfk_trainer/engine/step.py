@@ -60,14 +60,26 @@ def _squeeze_or_expand(values: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor
     return values, weights
 
 
+def _expand_to_rank(t: tf.Tensor, rank: int) -> tf.Tensor:
+    while t.shape.rank is not None and t.shape.rank < rank:
+        t = tf.expand_dims(t, -1)
+    return t
+
+
 def loss_sum_and_count(
-    loss: keras.losses.Loss, y_true: Any, y_pred: Any, sample_weight: Any
+    loss: keras.losses.Loss,
+    y_true: Any,
+    y_pred: Any,
+    sample_weight: Any,
+    valid: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
     """The local weighted loss sum and the count it must be divided by.
 
     Returns `(local_sum, local_count, local_batch)`. `local_count` is None for
-    the "sum" reductions (no division). A loss function that already returns
-    a scalar (its own local mean) is weighted by the local batch size.
+    the "sum" reductions (no division). `valid` marks the real rows of a
+    padded batch (static-shape mode): padding adds nothing to the sum and
+    is not counted. A loss function that already returns a scalar (its own
+    local mean) is weighted by the local batch size.
     """
     dtype = getattr(loss, "dtype", None) or "float32"
     mask = getattr(y_pred, "_keras_mask", None)
@@ -79,22 +91,30 @@ def loss_sum_and_count(
         mask = tf.logical_and(tf.cast(mask, tf.bool), tf.cast(out_mask, tf.bool))
     elif out_mask is not None:
         mask = out_mask
-    local_batch = tf.cast(batch_size_of(y_pred), dtype)
+    if valid is None:
+        local_batch = tf.cast(batch_size_of(y_pred), dtype)
+    else:
+        local_batch = tf.reduce_sum(tf.cast(valid, dtype))
     reduction = getattr(loss, "reduction", "sum_over_batch_size") or "none"
 
     if values.shape.rank == 0:
         return values * local_batch, local_batch, local_batch
 
-    weights = None
-    if sample_weight is not None:
-        weights = tf.cast(sample_weight, dtype)
+    # `presence`: 1 for elements that count (Keras mask and padding), else 0.
+    presence = None
     if mask is not None:
-        float_mask = tf.cast(mask, dtype)
+        values, presence = _squeeze_or_expand(values, tf.cast(mask, dtype))
+    if valid is not None:
+        rows = _expand_to_rank(tf.cast(valid, dtype), values.shape.rank)
+        presence = rows if presence is None else presence * rows
+    weights = presence
+    if sample_weight is not None:
+        sw = tf.cast(sample_weight, dtype)
         if weights is None:
-            weights = float_mask
+            weights = sw
         else:
-            float_mask, weights = _squeeze_or_expand(float_mask, weights)
-            weights = weights * float_mask
+            weights, sw = _squeeze_or_expand(weights, sw)
+            weights = weights * sw
     if weights is not None:
         values, weights = _squeeze_or_expand(values, weights)
         values = values * weights
@@ -103,9 +123,9 @@ def loss_sum_and_count(
     if reduction in ("sum", "none"):
         return local_sum, None, local_batch
     if reduction == "mean_with_sample_weight" and weights is not None:
-        count = tf.reduce_sum(tf.broadcast_to(weights, tf.shape(values)))
-    elif mask is not None:
-        count = tf.reduce_sum(tf.broadcast_to(tf.cast(mask, dtype), tf.shape(values)))
+        count = tf.reduce_sum(weights * tf.ones_like(values))
+    elif presence is not None:
+        count = tf.reduce_sum(presence * tf.ones_like(values))
     else:
         count = tf.cast(tf.size(values), dtype)
     return local_sum, count, local_batch

@@ -30,7 +30,7 @@ def _model(**compile_kwargs) -> tfk.Model:
 
 
 def _iterations(model: tfk.Model) -> int:
-    return int(np.asarray(model.optimizer.iterations))
+    return int(model.optimizer.iterations.numpy())
 
 
 _ALL_HOOKS = (
@@ -371,3 +371,69 @@ def test_finite_dataset_shorter_than_steps_per_epoch_warns_and_stops():
         history = model.fit(ds, epochs=3, steps_per_epoch=8, verbose=0)
     assert _iterations(model) == 5
     assert history.epoch == [0]
+
+
+# -- beyond the brief: Keras's own callbacks, unchanged ----------------------------
+
+
+def test_keras_lambda_callback_batch_hooks():
+    """LambdaCallback sets its hooks as instance attributes, not class overrides."""
+    x, y = _data(40)
+    calls = []
+    cb = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: calls.append(("train", batch)),
+        on_batch_end=lambda batch, logs: calls.append(("legacy", batch)),
+        on_epoch_end=lambda epoch, logs: calls.append(("epoch", epoch)),
+    )
+    _model().fit(x, y, batch_size=10, epochs=1, callbacks=[cb], verbose=0)
+    assert ("epoch", 0) in calls
+    assert [b for kind, b in calls if kind == "train"] == [0, 1, 2, 3]
+
+
+def test_keras_legacy_on_batch_end_override():
+    class Legacy(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def on_batch_end(self, batch, logs=None):
+            self.batches.append(batch)
+
+    x, y = _data(40)
+    cb = Legacy()
+    _model().fit(x, y, batch_size=10, epochs=1, callbacks=[cb], verbose=0)
+    assert cb.batches == [0, 1, 2, 3]
+
+
+def test_keras_early_stopping():
+    x, y = _data(40)
+    model = _model(optimizer=keras.optimizers.SGD(0.0))  # constant loss: no improvement
+    es = keras.callbacks.EarlyStopping(monitor="loss", patience=1, restore_best_weights=True)
+    history = model.fit(x, y, batch_size=10, epochs=5, callbacks=[es], verbose=0)
+    assert history.epoch == [0, 1]
+    assert es.stopped_epoch == 1
+
+
+def test_keras_terminate_on_nan():
+    x, y = _data(40)
+    model = _model()
+    history = model.fit(
+        x,
+        y * np.nan,
+        batch_size=10,
+        epochs=3,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+        verbose=0,
+    )
+    assert _iterations(model) == 1
+    assert history.epoch == [0]
+
+
+def test_keras_learning_rate_scheduler_recorded_in_history():
+    """Keras runs History after user callbacks, so logs they add are recorded."""
+    x, y = _data(40)
+    model = _model()
+    lrs = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * (epoch + 1))
+    history = model.fit(x, y, batch_size=10, epochs=2, callbacks=[lrs], verbose=0)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.02)
+    assert history.history["learning_rate"] == pytest.approx([0.01, 0.02])

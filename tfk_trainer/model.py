@@ -466,6 +466,13 @@ class Model(tf.Module):
                     "The model was compiled with a loss, but the data has no targets `y`. "
                     "Pass `y`, or yield `(x, y)` from the dataset."
                 )
+            if objectives.loss is not None and any(
+                spec.dtype == tf.string for spec in tf.nest.flatten(y_spec)
+            ):
+                raise TypeError(
+                    f"The targets `y` are strings ({y_spec}), but the loss needs numbers. "
+                    "Encode the labels as integers (e.g. with keras.layers.StringLookup) first."
+                )
             if objectives.loss is None and not self.losses:
                 raise ValueError(
                     "The model has no loss to optimize: pass `loss` to compile() (or add "
@@ -735,7 +742,9 @@ class Model(tf.Module):
 
         history = History()
         user_callbacks = list(callbacks or [])
-        all_callbacks = [history] + user_callbacks
+        # History (and the progress bar) come after the user's callbacks, as in
+        # Keras, so keys a callback adds to the epoch logs (learning_rate) are kept.
+        all_callbacks = user_callbacks + [history]
         if verbose and not any(
             isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks
         ):

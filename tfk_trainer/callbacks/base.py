@@ -123,6 +123,8 @@ _BATCH_HOOKS = (
 
 def _overrides(callback: Any, hook: str) -> bool:
     """True when `callback` overrides `hook` beyond the no-op base classes."""
+    if hook in vars(callback):  # set per instance, e.g. keras.callbacks.LambdaCallback
+        return True
     method = getattr(type(callback), hook, None)
     if method is None:
         return False

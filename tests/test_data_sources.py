@@ -279,3 +279,40 @@ def test_validation_data_in_every_form():
     reference = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=(X, Y), verbose=0)
     got = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=ArrayPyDataset(), verbose=0)
     np.testing.assert_allclose(got.history["val_loss"], reference.history["val_loss"], rtol=1e-5)
+
+
+def test_keras_pydataset_matches_keras_fit():
+    keras.utils.set_random_seed(11)
+    net = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, activation="softmax")])
+    net.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    expected = net.fit(KerasPyDataset(), epochs=2, shuffle=False, verbose=0).history
+    got = _model().fit(KerasPyDataset(), epochs=2, shuffle=False, verbose=0).history
+    assert list(got) == list(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+
+
+def test_class_weight_with_a_multi_output_model_is_a_clear_error():
+    inputs = keras.Input((D,))
+    net = keras.Model(inputs, [keras.layers.Dense(C)(inputs), keras.layers.Dense(1)(inputs)])
+    model = tfk.Model(net)
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="class_weight.*single output"):
+        model.fit(X, [Y, Y], class_weight={0: 1.0}, verbose=0)
+
+
+def test_scipy_sparse_input_is_an_array_like():
+    sparse = pytest.importorskip("scipy.sparse")
+    reference = _model()
+    expected = reference.predict(X, batch_size=B, verbose=0)
+    got = reference.predict(sparse.csr_matrix(X), batch_size=B, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_pandas_dataframe_input_is_an_array_like():
+    pd = pytest.importorskip("pandas")
+    reference = _model()
+    expected = reference.predict(X, batch_size=B, verbose=0)
+    np.testing.assert_allclose(
+        reference.predict(pd.DataFrame(X), batch_size=B, verbose=0), expected, rtol=1e-6
+    )

@@ -699,6 +699,13 @@ class Model(tf.Module):
                 f"fit() was asked for {epochs - initial_epoch} epochs. Pass `steps_per_epoch` "
                 "(with an infinite generator), or a callable that returns a fresh generator."
             )
+        self._build_network(adapter.element_spec[0])
+        if class_weight is not None and tf.nest.is_nested(self._state.output_structure):
+            raise ValueError(
+                "`class_weight` is only supported for models with a single output; this model "
+                f"returns {tf.nest.map_structure(lambda s: tuple(s.shape), self._state.output_structure)}. "
+                "Pass per-output `sample_weight` instead."
+            )
         self._ensure_built(adapter.element_spec)
 
         validation = None

@@ -129,8 +129,8 @@ def check_consistent_lengths(named: dict[str, Any]) -> int:
         )
     if distinct and distinct[0] == 0:
         raise ValueError(
-            "The input data is empty (0 samples); `fit`, `evaluate` and `predict` "
-            "need at least one sample."
+            f"The input data is empty (0 samples in {', '.join(lengths)}); `fit`, `evaluate` "
+            "and `predict` need at least one sample."
         )
     return distinct[0] if distinct else 0
 

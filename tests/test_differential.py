@@ -221,9 +221,7 @@ def test_binary_class_weight(label_shape):
         ref_net,
         net,
         dict(loss="binary_crossentropy", metrics=["accuracy"]),
-        dict(
-            x=x, y=y, batch_size=32, epochs=2, shuffle=False, class_weight={0: 1.0, 1: 3.0}
-        ),
+        dict(x=x, y=y, batch_size=32, epochs=2, shuffle=False, class_weight={0: 1.0, 1: 3.0}),
         sgd,
     )
     assert list(hist.history) == ["accuracy", "loss"]
@@ -231,6 +229,13 @@ def test_binary_class_weight(label_shape):
     assert_weights_equal(ref_net, model)
     assert_eval_equal(ref_net, model, x, y, batch_size=64)
     assert_predict_equal(ref_net, model, x)
+    # class_weight on a single batch, too.
+    cw = {0: 1.0, 1: 3.0}
+    assert_dict_close(
+        model.train_on_batch(x[:40], y[:40], class_weight=cw, return_dict=True),
+        ref_net.train_on_batch(x[:40], y[:40], class_weight=cw, return_dict=True),
+    )
+    assert_weights_equal(ref_net, model)
 
 
 # -- 4. regression with validation_split -----------------------------------------
@@ -539,10 +544,19 @@ def test_train_and_test_on_batch_weighted_metrics():
 # -- 12. MirroredStrategy --------------------------------------------------------
 
 
-def test_mirrored_two_replicas_steps_per_execution(mirrored_strategy):
-    x, y = sparse_data(n=200)  # 7 batches of 32; the last (8) splits 4/4
+@pytest.mark.parametrize("weighting", ["plain", "sample_weight"])
+def test_mirrored_two_replicas_steps_per_execution(mirrored_strategy, weighting):
+    # 209 * 0.8 -> 167 training samples: 5 batches of 32 and one of 7, split 4/3
+    # (uneven); 42 validation samples: 32 + 10.
+    x, y = sparse_data(n=209)
     fit_kwargs = dict(x=x, y=y, batch_size=32, epochs=2, shuffle=False, validation_split=0.2)
     compile_kwargs = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    eval_kwargs = dict(batch_size=32)
+    if weighting == "sample_weight":
+        sw = np.random.default_rng(8).uniform(0.0, 2.0, size=len(x)).astype("float32")
+        fit_kwargs["sample_weight"] = sw
+        compile_kwargs["weighted_metrics"] = ["accuracy"]
+        eval_kwargs["sample_weight"] = sw
     keras.utils.set_random_seed(11)
     ref_net = classifier()
     ref_net.compile(optimizer=sgd(), **compile_kwargs)
@@ -560,12 +574,15 @@ def test_mirrored_two_replicas_steps_per_execution(mirrored_strategy):
     hist = model.fit(verbose=0, **fit_kwargs)
     assert_history_equal(ref_hist, hist, atol=ATOL_MULTI)
     assert_weights_equal(ref_net, model, atol=ATOL_MULTI)
-    assert_eval_equal(ref_net, model, x, y, atol=ATOL_MULTI, batch_size=32)
+    assert_eval_equal(ref_net, model, x, y, atol=ATOL_MULTI, **eval_kwargs)
     assert_predict_equal(ref_net, model, x, atol=ATOL_MULTI, batch_size=32)
 
 
-def test_mirrored_four_replicas_uneven_last_batch(mirrored_strategy):
-    x, y = sparse_data(n=205)  # the last batch (13) splits unevenly over 4 replicas
+# 205 = 6 * 32 + 13: the last batch splits 4/3/3/3; 193 = 6 * 32 + 1: three
+# replicas get an empty share of the last batch.
+@pytest.mark.parametrize("num_samples", [205, 193])
+def test_mirrored_four_replicas_uneven_last_batch(mirrored_strategy, num_samples):
+    x, y = sparse_data(n=num_samples)
     fit_kwargs = dict(x=x, y=y, batch_size=32, epochs=2, shuffle=False)
     compile_kwargs = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     keras.utils.set_random_seed(12)
@@ -607,7 +624,8 @@ def test_run_eagerly_matches_compiled():
     compiled.compile(optimizer=adam(), **compile_kwargs)
     compiled_hist = compiled.fit(verbose=0, **fit_kwargs)
     eager = tfk.Model(eager_net)
-    eager.compile(optimizer=adam(), run_eagerly=True, **compile_kwargs)
+    # Eagerly, and several steps per (eager) execution: the same numbers.
+    eager.compile(optimizer=adam(), run_eagerly=True, steps_per_execution=3, **compile_kwargs)
     eager_hist = eager.fit(verbose=0, **fit_kwargs)
 
     assert_history_equal(compiled_hist, eager_hist)

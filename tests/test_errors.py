@@ -102,7 +102,7 @@ def test_object_dtype_array():
 def test_empty_array():
     x = np.zeros((0, FEATURES), "float32")
     y = np.zeros((0,), "int32")
-    with pytest.raises(ValueError, match=r"empty \(0 samples\)"):
+    with pytest.raises(ValueError, match=r"empty \(0 samples in x, y\)"):
         _model().fit(x, y, verbose=0)
 
 
@@ -239,9 +239,11 @@ def test_metrics_single_string():
         {"out_a": "mse", "out_b": "mae"},
     ],
 )
-def test_multi_output_loss_not_implemented(loss):
-    with pytest.raises(NotImplementedError, match=r"`loss`.*multi-output"):
-        _model(loss=loss)
+def test_per_output_losses_for_a_single_output_model(loss):
+    """A list must map 1:1 to the outputs; a dict must use output names."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`loss`.*(entries|not output names)"):
+        _model(loss=loss).fit(x, y, verbose=0)
 
 
 def test_jit_compile_true_under_mirrored_cpu(mirrored_strategy):

@@ -11,10 +11,12 @@ lazily, once the shapes of targets and outputs are known, because
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 _ACCURACY = ("accuracy", "acc")
@@ -183,37 +185,65 @@ def resolve_metric(
     )
 
 
-def _check_metric_entries(value: Any, argument: str) -> list:
+def _is_metric_leaf(entry: Any) -> bool:
+    return isinstance(entry, (str, keras.metrics.Metric)) or (
+        callable(entry) and not isinstance(entry, (list, tuple, dict))
+    )
+
+
+def _check_metric_entries(value: Any, argument: str) -> Any:
+    """Checks every leaf of `metrics`/`weighted_metrics`; keeps the structure.
+
+    Accepted (the seed's forms): a list of metrics; a dict mapping output
+    names to a metric or a list of metrics; a list with one entry per output,
+    each a metric or a list of metrics.
+    """
     if value is None:
         return []
-    if isinstance(value, dict):
-        raise NotImplementedError(
-            f"`{argument}` as a dict (per-output metrics) needs a multi-output model; "
-            "multi-output compile is not supported yet by tfk_trainer. Pass a list."
-        )
-    if isinstance(value, (str, keras.metrics.Metric)) or callable(value):
+    if _is_metric_leaf(value):
         raise TypeError(
-            f"`{argument}` must be a list (e.g. ['accuracy']); received a single "
-            f"{type(value).__name__}: {value!r}. Wrap it in a list."
+            f"`{argument}` must be a list (e.g. ['accuracy']) or a dict of per-output metrics; "
+            f"received a single {type(value).__name__}: {value!r}. Wrap it in a list."
         )
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, (list, tuple, dict)):
         raise TypeError(
-            f"`{argument}` must be a list of metrics; received {type(value).__name__}: {value!r}."
+            f"`{argument}` must be a list or a dict of metrics; received "
+            f"{type(value).__name__}: {value!r}."
         )
-    flat = []
-    for entry in value:
-        if isinstance(entry, (list, tuple)):
-            raise NotImplementedError(
-                f"`{argument}` as a list of lists (per-output metrics) needs a multi-output "
-                "model, which is not supported yet by tfk_trainer."
-            )
-        if not (isinstance(entry, (str, keras.metrics.Metric)) or callable(entry)):
-            raise TypeError(
-                f"Each entry of `{argument}` must be a string, a callable or a "
-                f"keras.metrics.Metric instance; received {type(entry).__name__}: {entry!r}."
-            )
-        flat.append(entry)
-    return flat
+    entries = value.values() if isinstance(value, dict) else value
+    for entry in entries:
+        for leaf in entry if isinstance(entry, (list, tuple)) else [entry]:
+            if leaf is None and isinstance(value, dict):
+                continue
+            if not _is_metric_leaf(leaf):
+                raise TypeError(
+                    f"Each metric in `{argument}` must be a string, a callable or a "
+                    f"keras.metrics.Metric instance; received {type(leaf).__name__}: {leaf!r}."
+                )
+            if isinstance(leaf, str) and leaf.lower() not in _ACCURACY + _CROSSENTROPY:
+                _resolve_named(leaf, "metrics", keras.metrics.get, keras.metrics, argument)
+    return value
+
+
+def _check_loss_leaf(loss: Any) -> None:
+    if loss is None:
+        return
+    if not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
+        raise TypeError(
+            "`loss` must be a string, a callable `fn(y_true, y_pred)` or a keras.losses.Loss "
+            f"instance (or a list/dict of those, one per output); received "
+            f"{type(loss).__name__}: {loss!r}."
+        )
+    if isinstance(loss, str) and loss.lower() not in _CROSSENTROPY:
+        _resolve_named(loss, "loss", keras.losses.get, keras.losses)  # fail fast on typos
+
+
+def _check_weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"`loss_weights{where}` must be a number; received {value!r}.")
+    if not np.isfinite(value):
+        raise ValueError(f"`loss_weights{where}` must be finite; received {value!r}.")
+    return float(value)
 
 
 @dataclass
@@ -244,39 +274,23 @@ def check_compile_args(
     auto_scale_loss,
 ) -> CompileConfig:
     optimizer = resolve_optimizer(optimizer)
-    if isinstance(loss, (list, tuple, dict)):
-        if isinstance(loss, (list, tuple)) and len(loss) == 1:
-            loss = loss[0]
-        else:
-            raise NotImplementedError(
-                f"`loss` as a {type(loss).__name__} (one loss per output) needs multi-output "
-                "support, which tfk_trainer does not have yet. Pass a single loss."
-            )
-    if loss is not None and not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
-        raise TypeError(
-            "`loss` must be a string, a callable `fn(y_true, y_pred)` or a keras.losses.Loss "
-            f"instance; received {type(loss).__name__}: {loss!r}."
-        )
-    if isinstance(loss, str) and loss.lower() not in _CROSSENTROPY:
-        _resolve_named(loss, "loss", keras.losses.get, keras.losses)  # fail fast on typos
+    if isinstance(loss, dict):
+        for leaf in loss.values():
+            _check_loss_leaf(leaf)
+    elif isinstance(loss, (list, tuple)):
+        for leaf in loss:
+            _check_loss_leaf(leaf)
+    else:
+        _check_loss_leaf(loss)
     if loss_weights is not None:
-        if isinstance(loss_weights, (list, tuple)) and len(loss_weights) == 1:
-            loss_weights = loss_weights[0]
-        if isinstance(loss_weights, (list, tuple, dict)):
-            raise NotImplementedError(
-                "`loss_weights` as a list or dict needs multi-output support, which "
-                "tfk_trainer does not have yet; pass a float for a single output."
-            )
-        if isinstance(loss_weights, bool) or not isinstance(loss_weights, (int, float)):
-            raise TypeError(
-                f"`loss_weights` must be a float (single output); received {loss_weights!r}."
-            )
+        if isinstance(loss_weights, dict):
+            loss_weights = {k: _check_weight(v, f"[{k!r}]") for k, v in loss_weights.items()}
+        elif isinstance(loss_weights, (list, tuple)):
+            loss_weights = [_check_weight(v, f"[{i}]") for i, v in enumerate(loss_weights)]
+        else:
+            loss_weights = _check_weight(loss_weights, "")
     metric_list = _check_metric_entries(metrics, "metrics")
     weighted_list = _check_metric_entries(weighted_metrics, "weighted_metrics")
-    for argument, entries in (("metrics", metric_list), ("weighted_metrics", weighted_list)):
-        for entry in entries:
-            if isinstance(entry, str) and entry.lower() not in _ACCURACY + _CROSSENTROPY:
-                _resolve_named(entry, "metrics", keras.metrics.get, keras.metrics, argument)
     if not isinstance(run_eagerly, bool):
         raise TypeError(f"`run_eagerly` must be a bool; received {run_eagerly!r}.")
     if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int):
@@ -308,65 +322,235 @@ def check_compile_args(
 
 @dataclass
 class CompiledMetric:
-    """One resolved metric and the key under which its result is logged."""
+    """One resolved metric, the output it watches and its log key."""
 
     name: str
     metric: keras.metrics.Metric
     weighted: bool
+    output: int
+
+
+@dataclass
+class OutputObjective:
+    """One output: its name, loss (None: not trained) and loss weight."""
+
+    name: str
+    loss: keras.losses.Loss | None
+    weight: float
+    log_name: str | None = None  # "{name}_loss" when the model has more than one loss
 
 
 @dataclass
 class CompiledObjectives:
-    """Loss and metrics resolved for a model's output, created under the strategy scope."""
+    """Losses and metrics resolved for a model's outputs, created under the strategy scope.
 
-    loss: keras.losses.Loss | None
-    loss_weight: float
+    Outputs are handled flat, in a fixed order: the model's output names for
+    functional models, dict keys (model order, OrderedDict order, else
+    sorted) for dict outputs, and `output_1`, `output_2`, ... otherwise.
+    Targets and sample weights given as dicts are matched by name, lists by
+    position; one sample-weight array serves every output.
+    """
+
+    output_names: list[str]
+    outputs: list[OutputObjective]
     metrics: list[CompiledMetric] = field(default_factory=list)
+    is_dict: bool = False
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_names)
+
+    @property
+    def loss(self) -> keras.losses.Loss | None:
+        """The single output's loss (single-output models)."""
+        return self.outputs[0].loss
 
     @property
     def metric_names(self) -> list[str]:
-        return [m.name for m in self.metrics]
+        """Log keys after `loss`, in `evaluate()`'s list order (Keras's order)."""
+        losses = [o.log_name for o in self.outputs if o.log_name]
+        names = [m.name for m in self.metrics]
+        if self.num_outputs > 1:
+            names = sorted(names)
+        return losses + names
+
+    def flatten(self, value: Any, argument: str) -> list:
+        """Targets or predictions as a flat list in output order."""
+        if self.num_outputs == 1:
+            if isinstance(value, dict) and len(value) == 1:
+                return list(value.values())
+            if isinstance(value, (list, tuple)) and len(value) == 1:
+                return [value[0]]
+            return [value]
+        if isinstance(value, dict):
+            missing = [n for n in self.output_names if n not in value]
+            if missing:
+                raise ValueError(
+                    f"`{argument}` is a dict without keys {missing}; the model's outputs are "
+                    f"{self.output_names} (received keys {sorted(value)})."
+                )
+            return [value[n] for n in self.output_names]
+        flat = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(flat) != self.num_outputs and not self.is_dict:
+            flat = tf.nest.flatten(value)
+        if len(flat) != self.num_outputs:
+            raise ValueError(
+                f"`{argument}` has {len(flat)} entries, but the model has {self.num_outputs} "
+                f"outputs {self.output_names}: pass one per output (a list in that order, or a "
+                "dict keyed by output name)."
+            )
+        return flat
+
+    def flatten_weights(self, sample_weight: Any) -> list:
+        if sample_weight is None:
+            return [None] * self.num_outputs
+        if not tf.nest.is_nested(sample_weight):
+            return [sample_weight] * self.num_outputs
+        if isinstance(sample_weight, dict):
+            unknown = sorted(set(sample_weight) - set(self.output_names))
+            if unknown:
+                raise ValueError(
+                    f"`sample_weight` has keys {unknown} that are not outputs of the model "
+                    f"{self.output_names}."
+                )
+            return [sample_weight.get(n) for n in self.output_names]
+        return self.flatten(sample_weight, "sample_weight")
 
 
-def build_objectives(config: CompileConfig, y_true_spec, y_pred) -> CompiledObjectives:
-    """Resolves loss and metrics against the shapes of one output."""
-    if tf.nest.is_nested(y_pred):
-        raise NotImplementedError(
-            "The model returns a structure of several outputs "
-            f"({tf.nest.map_structure(lambda t: tuple(t.shape), y_pred)}); multi-output "
-            "models are not supported yet by tfk_trainer."
-        )
-    if y_true_spec is not None and tf.nest.is_nested(y_true_spec):
+def output_layout(y_pred: Any, model_output_names: list[str] | None) -> tuple[list[str], bool]:
+    """`(names in flat output order, outputs are a dict)`."""
+    if not tf.nest.is_nested(y_pred):
+        names = list(model_output_names or [])[:1]
+        return names or ["output"], False
+    if isinstance(y_pred, dict) and not any(tf.nest.is_nested(v) for v in y_pred.values()):
+        keys = list(y_pred)
+        if model_output_names and set(model_output_names) == set(keys):
+            return list(model_output_names), True
+        if isinstance(y_pred, OrderedDict):
+            return keys, True
+        return sorted(keys), True
+    flat = tf.nest.flatten(y_pred)
+    if isinstance(y_pred, (list, tuple)) and len(y_pred) == len(flat):
+        if model_output_names and len(model_output_names) == len(flat):
+            return list(model_output_names), False
+    return [f"output_{i + 1}" for i in range(len(flat))], False
+
+
+def _unknown_keys(value: dict, names: list[str], argument: str) -> None:
+    unknown = [k for k in value if k not in names]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
+        hints = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
         raise ValueError(
-            "The targets `y` are a structure of several arrays but the model has a single "
-            f"output; received y with structure {tf.nest.map_structure(lambda s: s.shape, y_true_spec)}."
+            f"`{argument}` has keys {unknown} that are not output names of the model; its "
+            f"outputs are {names}.{hints}"
         )
-    true_shape = y_true_spec.shape if y_true_spec is not None else tf.TensorShape(None)
-    pred_shape = y_pred.shape
-    loss = None
-    if config.loss is not None:
-        loss = resolve_loss(config.loss, true_shape, pred_shape)
-    weight = 1.0 if config.loss_weights is None else float(config.loss_weights)
-    compiled: list[CompiledMetric] = []
+
+
+def _per_output(value: Any, names: list[str], argument: str, default: Any) -> list:
+    """Spreads a loss/loss_weights argument over the outputs."""
+    n = len(names)
+    if isinstance(value, dict):
+        _unknown_keys(value, names, argument)
+        return [value.get(name, default if argument != "loss" else None) for name in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(
+                f"`{argument}` has {len(value)} entries, but the model has {n} output(s) "
+                f"{names}: a list must map 1:1 to the outputs (or pass a dict keyed by "
+                "output name)."
+            )
+        return list(value)
+    return [default if value is None else value] * n
+
+
+def _metrics_per_output(value: Any, names: list[str], argument: str) -> list[list]:
+    n = len(names)
+    if not value:
+        return [[] for _ in names]
+
+    def as_list(entry):
+        if entry is None:
+            return []
+        return list(entry) if isinstance(entry, (list, tuple)) else [entry]
+
+    if n == 1:
+        if isinstance(value, dict):
+            _unknown_keys(value, names, argument)
+            return [[m for entry in value.values() for m in as_list(entry)]]
+        return [[m for entry in value for m in as_list(entry)]]
+    if isinstance(value, dict):
+        _unknown_keys(value, names, argument)
+        return [as_list(value.get(name)) for name in names]
+    if len(value) == n:
+        return [as_list(entry) for entry in value]
+    raise ValueError(
+        f"`{argument}` for a model with {n} outputs {names} must be a dict keyed by output "
+        f"name, or a list with one entry (a metric or a list of metrics) per output; "
+        f"received a list of {len(value)}: {value!r}."
+    )
+
+
+def build_objectives(
+    config: CompileConfig,
+    y_true_spec: Any,
+    y_pred: Any,
+    model_output_names: list[str] | None = None,
+) -> CompiledObjectives:
+    """Resolves losses and metrics against the shapes of the outputs."""
+    names, is_dict = output_layout(y_pred, model_output_names)
+    objectives = CompiledObjectives(output_names=names, outputs=[], is_dict=is_dict)
+    flat_pred = objectives.flatten(y_pred, "model outputs") if len(names) > 1 else [y_pred]
+    if y_true_spec is None:
+        flat_true = [None] * len(names)
+    else:
+        flat_true = objectives.flatten(y_true_spec, "y")
+        for spec in flat_true:
+            if tf.nest.is_nested(spec):
+                raise ValueError(
+                    f"The targets `y` do not match the model's outputs {names}: received "
+                    f"{tf.nest.map_structure(lambda s: s.shape, y_true_spec)}."
+                )
+    shapes = [
+        (tf.TensorShape(None) if t is None else t.shape, p.shape)
+        for t, p in zip(flat_true, flat_pred)
+    ]
+
+    losses = _per_output(config.loss, names, "loss", None)
+    weights = _per_output(config.loss_weights, names, "loss_weights", 1.0)
+    resolved = [
+        None if loss is None else resolve_loss(loss, *shape) for loss, shape in zip(losses, shapes)
+    ]
+    several = sum(loss is not None for loss in resolved) > 1
+    for name, loss, weight in zip(names, resolved, weights):
+        objectives.outputs.append(
+            OutputObjective(
+                name=name,
+                loss=loss,
+                weight=float(weight),
+                log_name=f"{name}_loss" if several and loss is not None else None,
+            )
+        )
+
+    multi = len(names) > 1
     taken: dict[str, int] = {"loss": 1}
-    for entry in config.metrics:
-        metric = resolve_metric(entry, true_shape, pred_shape, "metrics")
-        name = metric.name
-        if name in taken:
-            index = taken[name]
-            taken[name] += 1
-            name = f"{name}_{index}"
-        taken.setdefault(name, 1)
-        compiled.append(CompiledMetric(name, metric, weighted=False))
-    for entry in config.weighted_metrics:
-        metric = resolve_metric(entry, true_shape, pred_shape, "weighted_metrics")
-        name = metric.name
-        if name in taken:
-            name = f"weighted_{metric.name}"
-            if name in taken:
-                index = taken[name]
-                taken[name] += 1
-                name = f"{name}_{index}"
-        taken.setdefault(name, 1)
-        compiled.append(CompiledMetric(name, metric, weighted=True))
-    return CompiledObjectives(loss=loss, loss_weight=weight, metrics=compiled)
+    taken.update({o.log_name: 1 for o in objectives.outputs if o.log_name})
+    for weighted, argument, value in (
+        (False, "metrics", config.metrics),
+        (True, "weighted_metrics", config.weighted_metrics),
+    ):
+        for index, entries in enumerate(_metrics_per_output(value, names, argument)):
+            prefix = f"{names[index]}_" if multi else ""
+            for entry in entries:
+                metric = resolve_metric(entry, *shapes[index], argument)
+                name = prefix + metric.name
+                if name in taken:
+                    if weighted:
+                        name = f"{prefix}weighted_{metric.name}"
+                    if name in taken:
+                        count = taken[name]
+                        taken[name] += 1
+                        name = f"{name}_{count}"
+                taken.setdefault(name, 1)
+                objectives.metrics.append(CompiledMetric(name, metric, weighted, index))
+    return objectives

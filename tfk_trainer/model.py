@@ -40,7 +40,15 @@ from tfk_trainer.engine.loop import (
 
 # Attributes of the engine itself, never walked for the network's variables.
 _ENGINE_ATTRS = frozenset(
-    {"optimizer", "_loss_tracker", "_state", "_compile_config", "history", "_objectives"}
+    {
+        "optimizer",
+        "_loss_tracker",
+        "_output_trackers",
+        "_state",
+        "_compile_config",
+        "history",
+        "_objectives",
+    }
 )
 
 
@@ -184,6 +192,7 @@ class Model(tf.Module):
         self._objectives = None
         self.optimizer = None
         self._loss_tracker = None
+        self._output_trackers: list = []
         self.stop_training = False
         self.history = None
         self._strategy = None
@@ -460,25 +469,29 @@ class Model(tf.Module):
         y_spec = element_spec[1] if len(element_spec) > 1 else None
         config = self._compile_config
         with self.distribute_strategy.scope():
-            objectives = compile_lib.build_objectives(config, y_spec, self._state.sample_output)
-            if objectives.loss is not None and y_spec is None:
+            objectives = compile_lib.build_objectives(
+                config, y_spec, self._state.sample_output, self._model_output_names()
+            )
+            has_loss = any(o.loss is not None for o in objectives.outputs)
+            if has_loss and y_spec is None:
                 raise ValueError(
                     "The model was compiled with a loss, but the data has no targets `y`. "
                     "Pass `y`, or yield `(x, y)` from the dataset."
                 )
-            if objectives.loss is not None and any(
-                spec.dtype == tf.string for spec in tf.nest.flatten(y_spec)
-            ):
+            if has_loss and any(spec.dtype == tf.string for spec in tf.nest.flatten(y_spec)):
                 raise TypeError(
                     f"The targets `y` are strings ({y_spec}), but the loss needs numbers. "
                     "Encode the labels as integers (e.g. with keras.layers.StringLookup) first."
                 )
-            if objectives.loss is None and not self.losses:
+            if not has_loss and not self.losses:
                 raise ValueError(
                     "The model has no loss to optimize: pass `loss` to compile() (or add "
                     "losses with `add_loss` in a Keras layer)."
                 )
             self._loss_tracker = _LossTracker()
+            self._output_trackers = [
+                _LossTracker(name=o.log_name) if o.log_name else None for o in objectives.outputs
+            ]
             if not self.optimizer.built:
                 self.optimizer.build(self._state.trainable)
         self._objectives = objectives
@@ -489,9 +502,11 @@ class Model(tf.Module):
 
     @property
     def metrics(self) -> list:
+        """The loss trackers and compiled metrics (Keras `Metric` objects)."""
         if not self._state.built:
             return []
-        return [self._loss_tracker] + [m.metric for m in self._objectives.metrics]
+        trackers = [t for t in self._output_trackers if t is not None]
+        return [self._loss_tracker] + trackers + [m.metric for m in self._objectives.metrics]
 
     @property
     def metrics_names(self) -> list[str]:
@@ -506,9 +521,16 @@ class Model(tf.Module):
 
     def _metric_results(self) -> dict[str, tf.Tensor]:
         results = {"loss": self._loss_tracker.result()}
+        for output, tracker in zip(self._objectives.outputs, self._output_trackers):
+            if tracker is not None:
+                results[output.log_name] = tracker.result()
         for compiled in self._objectives.metrics:
             results[compiled.name] = compiled.metric.result()
         return results
+
+    def _model_output_names(self) -> list[str] | None:
+        names = getattr(self.network, "output_names", None) if self.network is not None else None
+        return list(names) if names else None
 
     def _materialized_logs(self) -> dict[str, Any]:
         raw = self._executor.read_logs()
@@ -532,29 +554,50 @@ class Model(tf.Module):
         self, x, y, y_pred, sample_weight, valid=None
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """`(this replica's loss share, global batch size)`, padding excluded."""
+        total, global_batch, _ = self._loss_terms(x, y, y_pred, sample_weight, valid)
+        return total, global_batch
+
+    def _loss_terms(self, x, y, y_pred, sample_weight, valid=None):
+        """`(total share, global batch, per-output unweighted shares)` for one replica.
+
+        One all-reduce carries every output's element count and the local
+        batch size; each output's loss sum is divided by its global count.
+        """
         objectives = self._objectives
         local_batch = _local_batch(x, valid)
-        total = tf.constant(0.0, tf.float32)
-        if objectives.loss is not None:
-            local_sum, count, _ = step_lib.loss_sum_and_count(
-                objectives.loss, y, y_pred, sample_weight, valid
-            )
-            local_sum = tf.cast(local_sum, tf.float32)
-            if count is None:
-                global_batch = step_lib.all_reduce_sum(local_batch)
-                total += objectives.loss_weight * local_sum
+        outputs = objectives.outputs
+        flat_true = objectives.flatten(y, "y") if y is not None else [None] * len(outputs)
+        flat_pred = objectives.flatten(y_pred, "model outputs")
+        flat_weights = objectives.flatten_weights(sample_weight)
+        sums, counts, reducible = [], [], []
+        for output, yt, yp, sw in zip(outputs, flat_true, flat_pred, flat_weights):
+            if output.loss is None:
+                sums.append(None)
+                continue
+            local_sum, count, _ = step_lib.loss_sum_and_count(output.loss, yt, yp, sw, valid)
+            sums.append(tf.cast(local_sum, tf.float32))
+            if count is not None:
+                reducible.append(len(counts))
+                counts.append(tf.cast(count, tf.float32))
             else:
-                reduced = step_lib.all_reduce_sum(
-                    tf.stack([tf.cast(count, tf.float32), local_batch])
-                )
-                total += objectives.loss_weight * step_lib.divide_no_nan(local_sum, reduced[0])
-                global_batch = reduced[1]
-        else:
-            global_batch = step_lib.all_reduce_sum(local_batch)
+                reducible.append(None)
+        reduced = step_lib.all_reduce_sum(tf.stack(counts + [local_batch]))
+        global_batch = reduced[-1]
+        total = tf.constant(0.0, tf.float32)
+        shares = []
+        slots = iter(reducible)
+        for output, local_sum in zip(outputs, sums):
+            if local_sum is None:
+                shares.append(None)
+                continue
+            slot = next(slots)
+            share = local_sum if slot is None else step_lib.divide_no_nan(local_sum, reduced[slot])
+            shares.append(share)
+            total += output.weight * share
         extra = self.losses
         if extra:
             total += tf.add_n([tf.cast(v, tf.float32) for v in extra]) / step_lib.num_replicas()
-        return total, global_batch
+        return total, global_batch, shares
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:
         """Updates the compiled metrics (plain ones unweighted, as Keras does)."""
@@ -567,23 +610,36 @@ class Model(tf.Module):
                 weights = _rows(valid) if weights is None else _times_rows(weights, valid)
             self.compute_metrics(None, y, y_pred, weights)
             return
-        for compiled in self._objectives.metrics:
-            weights = sample_weight if compiled.weighted else None
+        objectives = self._objectives
+        flat_true = objectives.flatten(y, "y") if y is not None else None
+        flat_pred = objectives.flatten(y_pred, "model outputs")
+        flat_weights = objectives.flatten_weights(sample_weight)
+        for compiled in objectives.metrics:
+            i = compiled.output
+            weights = flat_weights[i] if compiled.weighted else None
             if valid is not None:
                 weights = _rows(valid) if weights is None else _times_rows(weights, valid)
+            y_true = flat_true[i] if flat_true is not None else None
             if weights is None:
-                compiled.metric.update_state(y, y_pred)
+                compiled.metric.update_state(y_true, flat_pred[i])
             else:
-                compiled.metric.update_state(y, y_pred, sample_weight=weights)
+                compiled.metric.update_state(y_true, flat_pred[i], sample_weight=weights)
 
-    def _track_loss(self, loss: tf.Tensor, global_batch: tf.Tensor, x: Any, valid=None) -> None:
-        self._loss_tracker.update_state(loss * global_batch, _local_batch(x, valid))
+    def _track_loss(
+        self, loss: tf.Tensor, global_batch: tf.Tensor, x: Any, valid=None, shares=None
+    ) -> None:
+        """Batch-size-weighted means of the total and of each output's unweighted loss."""
+        local_batch = _local_batch(x, valid)
+        self._loss_tracker.update_state(loss * global_batch, local_batch)
+        for tracker, share in zip(self._output_trackers, shares or []):
+            if tracker is not None and share is not None:
+                tracker.update_state(share * global_batch, local_batch)
 
     def _loss_for_step(
         self, x, y, y_pred, sample_weight, valid=None, training=True
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor, list | None]:
         if type(self).compute_loss is Model.compute_loss:
-            return self._loss_and_global_batch(x, y, y_pred, sample_weight, valid)
+            return self._loss_terms(x, y, y_pred, sample_weight, valid)
         if valid is not None:
             sample_weight = (
                 _rows(valid) if sample_weight is None else _times_rows(sample_weight, valid)
@@ -592,7 +648,7 @@ class Model(tf.Module):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
         global_batch = step_lib.all_reduce_sum(_local_batch(x, valid))
-        return tf.cast(loss, tf.float32), global_batch
+        return tf.cast(loss, tf.float32), global_batch, None
 
     def train_step(self, data: Any) -> None:
         """One replica's training step: forward, loss, gradients, update, metrics."""
@@ -601,13 +657,13 @@ class Model(tf.Module):
         variables = self._state.trainable
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight, valid)
+            loss, global_batch, shares = self._loss_for_step(x, y, y_pred, sample_weight, valid)
             scaled = (
                 self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
             )
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        self._track_loss(loss, global_batch, x, valid)
+        self._track_loss(loss, global_batch, x, valid, shares)
         self._update_metrics(y, y_pred, sample_weight, valid)
 
     def test_step(self, data: Any) -> None:
@@ -615,8 +671,8 @@ class Model(tf.Module):
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
-        loss, global_batch = self._loss_for_step(x, y, y_pred, sample_weight, valid, False)
-        self._track_loss(loss, global_batch, x, valid)
+        loss, global_batch, shares = self._loss_for_step(x, y, y_pred, sample_weight, valid, False)
+        self._track_loss(loss, global_batch, x, valid, shares)
         self._update_metrics(y, y_pred, sample_weight, valid)
 
     def predict_step(self, data: Any) -> Any:

@@ -52,27 +52,19 @@ _ENGINE_ATTRS = frozenset(
 )
 
 
-class _LossTracker(keras.metrics.Metric):
+class _LossTracker(keras.metrics.Mean):
     """The `loss` log: a batch-size-weighted mean across steps and replicas.
 
-    Each replica adds `contribution * global_batch` to the total and its own
-    batch size to the count, so the result is the mean of the per-batch
-    losses weighted by their real sizes, however a batch was split.
+    The engine calls `add_shares`: each replica adds `share * global_batch`
+    to the total and its own batch size to the count, so the result is the
+    mean of the per-batch losses weighted by their real sizes, however a
+    batch was split. It is still a `keras.metrics.Mean`, so a custom
+    `train_step` may call `update_state(loss)` on it as with Keras.
     """
 
-    def __init__(self, name: str = "loss"):
-        super().__init__(name=name)
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
-
-    def update_state(self, weighted_total, count):
-        self.total.assign_add(tf.cast(weighted_total, "float32"))
-        self.count.assign_add(tf.cast(count, "float32"))
-
-    def result(self):
-        return tf.math.divide_no_nan(
-            tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.count)
-        )
+    def add_shares(self, weighted_total, count):
+        self.total.assign_add(tf.cast(weighted_total, self.total.dtype))
+        self.count.assign_add(tf.cast(count, self.count.dtype))
 
 
 class _EngineState:
@@ -82,6 +74,8 @@ class _EngineState:
         self.built = False  # loss, metrics and optimizer ready
         self.network_built = False  # variables created, executor made
         self.sample_output: Any = None
+        self.user_metrics: list = []
+        self.base_compute_loss_calls = 0  # counted at trace time; see compute_loss
         self.trainable: list = []
         self.non_trainable: list = []
         self.layers: list = []
@@ -222,10 +216,15 @@ class Model(tf.Module):
 
     # -- variables -----------------------------------------------------------
 
-    def _walk(self) -> tuple[list, list]:
-        """Keras layers and bare tf.Variables reachable from the model, in a stable order."""
+    def _walk(self) -> tuple[list, list, list]:
+        """Keras layers, bare tf.Variables and Keras metrics reachable from the model.
+
+        Metrics held as attributes (a custom `train_step`'s trackers) join
+        `model.metrics`: they are reset each epoch and logged by name.
+        """
         layers: list = []
         variables: list = []
+        metrics: list = []
         seen: set[int] = set()
 
         def visit(obj: Any) -> None:
@@ -234,7 +233,9 @@ class Model(tf.Module):
             if id(obj) in seen:
                 return
             seen.add(id(obj))
-            if isinstance(obj, keras.layers.Layer):
+            if isinstance(obj, keras.metrics.Metric):
+                metrics.append(obj)
+            elif isinstance(obj, keras.layers.Layer):
                 layers.append(obj)
             elif isinstance(obj, keras.Variable):
                 variables.append(obj)
@@ -255,10 +256,11 @@ class Model(tf.Module):
                     visit(item)
 
         visit(self)
-        return layers, variables
+        return layers, variables, metrics
 
     def _collect_variables(self) -> tuple[list, list]:
-        layers, bare = self._walk()
+        layers, bare, metrics = self._walk()
+        self._state.user_metrics = metrics
         trainable: list = []
         non_trainable: list = []
         seen: set[int] = set()
@@ -506,14 +508,15 @@ class Model(tf.Module):
         if not self._state.built:
             return []
         trackers = [t for t in self._output_trackers if t is not None]
-        return [self._loss_tracker] + trackers + [m.metric for m in self._objectives.metrics]
+        compiled = [m.metric for m in self._objectives.metrics]
+        return [self._loss_tracker] + trackers + compiled + list(self._state.user_metrics)
 
     @property
     def metrics_names(self) -> list[str]:
         """The names of `evaluate()`'s list, in its order (Keras gets this wrong)."""
         if not self._state.built:
             return []
-        return ["loss"] + self._objectives.metric_names
+        return ["loss"] + self._objectives.metric_names + [m.name for m in self._state.user_metrics]
 
     def reset_metrics(self) -> None:
         for m in self.metrics:
@@ -526,6 +529,8 @@ class Model(tf.Module):
                 results[output.log_name] = tracker.result()
         for compiled in self._objectives.metrics:
             results[compiled.name] = compiled.metric.result()
+        for metric in self._state.user_metrics:
+            results[metric.name] = metric.result()
         return results
 
     def _model_output_names(self) -> list[str] | None:
@@ -547,6 +552,7 @@ class Model(tf.Module):
         divided by the global number of elements, and the regularization
         losses by the number of replicas.
         """
+        self._state.base_compute_loss_calls += 1
         loss, _ = self._loss_and_global_batch(x, y, y_pred, sample_weight)
         return loss
 
@@ -564,7 +570,7 @@ class Model(tf.Module):
         batch size; each output's loss sum is divided by its global count.
         """
         objectives = self._objectives
-        local_batch = _local_batch(x, valid)
+        local_batch = _local_batch(x if x is not None else y_pred, valid)
         outputs = objectives.outputs
         flat_true = objectives.flatten(y, "y") if y is not None else [None] * len(outputs)
         flat_pred = objectives.flatten(y_pred, "model outputs")
@@ -630,10 +636,10 @@ class Model(tf.Module):
     ) -> None:
         """Batch-size-weighted means of the total and of each output's unweighted loss."""
         local_batch = _local_batch(x, valid)
-        self._loss_tracker.update_state(loss * global_batch, local_batch)
+        self._loss_tracker.add_shares(loss * global_batch, local_batch)
         for tracker, share in zip(self._output_trackers, shares or []):
             if tracker is not None and share is not None:
-                tracker.update_state(share * global_batch, local_batch)
+                tracker.add_shares(share * global_batch, local_batch)
 
     def _loss_for_step(
         self, x, y, y_pred, sample_weight, valid=None, training=True
@@ -644,11 +650,19 @@ class Model(tf.Module):
             sample_weight = (
                 _rows(valid) if sample_weight is None else _times_rows(sample_weight, valid)
             )
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        calls = self._state.base_compute_loss_calls
+        loss = tf.cast(
+            self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            ),
+            tf.float32,
         )
-        global_batch = step_lib.all_reduce_sum(_local_batch(x, valid))
-        return tf.cast(loss, tf.float32), global_batch, None
+        local_batch = _local_batch(x, valid)
+        global_batch = step_lib.all_reduce_sum(local_batch)
+        if self._state.base_compute_loss_calls == calls:
+            # A plain local mean: weight it by this replica's part of the batch.
+            loss = step_lib.divide_no_nan(loss * local_batch, global_batch)
+        return loss, global_batch, None
 
     def train_step(self, data: Any) -> None:
         """One replica's training step: forward, loss, gradients, update, metrics."""
@@ -662,9 +676,46 @@ class Model(tf.Module):
                 self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
             )
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        self._apply_gradients(grads, variables)
         self._track_loss(loss, global_batch, x, valid, shares)
         self._update_metrics(y, y_pred, sample_weight, valid)
+
+    def _apply_gradients(self, grads: list, variables: list) -> None:
+        """`optimizer.apply`, with clipping moved after the cross-replica sum.
+
+        Keras clips each replica's gradients before they are summed, so 2
+        replicas and 1 device clip different things. With clipping set and
+        several replicas, the gradients are summed here, clipped once (by
+        the optimizer's own rule, on the unscaled values), and each replica
+        hands the optimizer 1/n of the result; its all-reduce adds the n
+        equal shares back up.
+        """
+        optimizer = self.optimizer
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        replicas = step_lib.num_replicas()
+        clips = ("clipnorm", "clipvalue", "global_clipnorm")
+        if (
+            replicas == 1
+            or not any(getattr(inner, a, None) for a in clips)
+            or getattr(inner, "gradient_accumulation_steps", None)
+            or not hasattr(inner, "_clip_gradients")
+        ):
+            optimizer.apply(grads, variables)
+            return
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [g for g, _ in pairs]
+        )
+        scale = getattr(optimizer, "dynamic_scale", None) if inner is not optimizer else None
+        if scale is not None:
+            summed = [g / tf.cast(scale, g.dtype) for g in summed]
+        clipped = inner._clip_gradients(summed)
+        if scale is not None:
+            clipped = [g * tf.cast(scale, g.dtype) for g in clipped]
+        # Each share is within the clip bounds, so the optimizer's own clipping
+        # (left on: replicas trace concurrently, and shared state must not be
+        # mutated) leaves it unchanged.
+        optimizer.apply([g / replicas for g in clipped], [v for _, v in pairs])
 
     def test_step(self, data: Any) -> None:
         """One replica's evaluation step: forward, loss, metrics."""

@@ -99,6 +99,7 @@ def loss_sum_and_count(
 
     if values.shape.rank == 0:
         return values * local_batch, local_batch, local_batch
+    _check_loss_batch(loss, values, y_pred)
 
     # `presence`: 1 for elements that count (Keras mask and padding), else 0.
     presence = None
@@ -137,6 +138,22 @@ def loss_sum_and_count(
     else:
         count = tf.cast(tf.size(values), dtype)
     return local_sum, count, local_batch
+
+
+def _check_loss_batch(loss: keras.losses.Loss, values: tf.Tensor, y_pred: Any) -> None:
+    """A loss must return one value per sample (or per element), or a scalar."""
+    batch = tf.nest.flatten(y_pred)[0].shape[0]
+    message = (
+        f"The `loss` {getattr(loss, 'name', loss)!r} returned values of shape {values.shape}, "
+        "but it must return a scalar or one value per sample (first dimension = batch size"
+        + (f" {batch}" if batch is not None else "")
+        + ")."
+    )
+    if values.shape[0] is not None and batch is not None:
+        if values.shape[0] != batch:
+            raise ValueError(message)
+        return
+    tf.debugging.assert_equal(tf.shape(values)[0], batch_size_of(y_pred), message=message)
 
 
 def divide_no_nan(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

@@ -345,6 +345,14 @@ class Model(tf.Module):
             return None
         return self.static_remainder if training else "pad"
 
+    def _progbar_verbose(self, verbose: int) -> int:
+        """Across workers, reading logs is a collective that every worker must join
+        together, so the bar cannot refresh on each worker's own clock: one line
+        per epoch instead."""
+        if verbose == 1 and execution._is_multi_worker(self.distribute_strategy):
+            return 2
+        return verbose
+
     def _check_static_batch(self, adapter: Any) -> None:
         replicas = self.distribute_strategy.num_replicas_in_sync
         size = adapter.batch_size
@@ -862,7 +870,7 @@ class Model(tf.Module):
         if verbose and not any(
             isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks
         ):
-            all_callbacks.append(ProgbarLogger(verbose))
+            all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
         callback_list = CallbackList(
             all_callbacks,
             model=self,
@@ -917,7 +925,7 @@ class Model(tf.Module):
         self._ensure_built(adapter.element_spec)
         all_callbacks = list(callbacks or [])
         if verbose:
-            all_callbacks.append(ProgbarLogger(verbose))
+            all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
         callback_list = CallbackList(
             all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
         )
@@ -937,15 +945,20 @@ class Model(tf.Module):
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Generates predictions; nested and dict outputs keep their structure."""
         verbose = resolve_verbose(verbose)
-        adapter = adapters_lib.get_adapter(
-            x, batch_size=batch_size, shuffle=False, static=self._static_mode(training=False)
-        )
+        static = self._static_mode(training=False)
+        if execution._is_multi_worker(self.distribute_strategy):
+            # Outputs are all-gathered across workers; padded batches give every
+            # replica the same shape, which the collective needs.
+            static = "pad"
+        adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False, static=static)
+        if static:
+            self._check_static_batch(adapter)
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_predict_ready(adapter.element_spec)
         all_callbacks = list(callbacks or [])
         if verbose:
-            all_callbacks.append(ProgbarLogger(verbose))
+            all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
         callback_list = CallbackList(
             all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
         )

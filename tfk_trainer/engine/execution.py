@@ -30,7 +30,9 @@ def _is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
 
 
 def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return "MultiWorker" in type(strategy).__name__ or "CollectiveAll" in type(strategy).__name__
+    if "MultiWorker" in type(strategy).__name__ or "CollectiveAll" in type(strategy).__name__:
+        return True
+    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
 def _strategy_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
@@ -176,6 +178,13 @@ def make_step_loop(
     return tf.function(multi_step, reduce_retracing=True)
 
 
+def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tensor:
+    """All-gather along the batch; collectives carry no bools, so those travel as int32."""
+    if value.dtype == tf.bool:
+        return tf.cast(ctx.all_gather(tf.cast(value, tf.int32), axis=0), tf.bool)
+    return ctx.all_gather(value, axis=0)
+
+
 def make_predict_loop(
     strategy: tf.distribute.Strategy,
     replica_fn: Callable,
@@ -189,8 +198,19 @@ def make_predict_loop(
     Each step's per-replica outputs are concatenated in replica order (which
     is input order: the dataset is split into contiguous per-replica slices)
     and written to a TensorArray; one execution returns one concatenated
-    array per output leaf.
+    array per output leaf. Across workers (MultiWorkerMirroredStrategy) the
+    outputs are all-gathered, so every worker returns every prediction, in
+    input order.
     """
+    gather_across_workers = _is_multi_worker(strategy)
+    if gather_across_workers:
+        inner_fn = replica_fn
+
+        def replica_fn(data):
+            outputs = inner_fn(data)
+            ctx = tf.distribute.get_replica_context()
+            return tf.nest.map_structure(lambda o: _all_gather(ctx, o), outputs)
+
     step = _step_fn(replica_fn, jit, run_eagerly)
     dtypes = tf.nest.map_structure(lambda spec: spec.dtype, output_structure)
 
@@ -208,9 +228,15 @@ def make_predict_loop(
 
             def run():
                 outputs = strategy.run(step, args=(optional.get_value(),))
-                local = tf.nest.map_structure(
-                    lambda o: tf.concat(strategy.experimental_local_results(o), axis=0), outputs
-                )
+                if gather_across_workers:
+                    # Every replica holds the whole global batch, in replica order.
+                    local = tf.nest.map_structure(
+                        lambda o: strategy.experimental_local_results(o)[0], outputs
+                    )
+                else:
+                    local = tf.nest.map_structure(
+                        lambda o: tf.concat(strategy.experimental_local_results(o), axis=0), outputs
+                    )
                 written = tf.nest.map_structure(
                     lambda ta, value: ta.write(tf.cast(i, tf.int32), value), arrays, local
                 )

@@ -1,0 +1,156 @@
+"""Strategy resolution, multi-replica exactness, and a real 2-worker cluster on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import portpicker
+import pytest
+import tensorflow as tf
+
+import tfk_trainer as tfk
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "mwms_fit.py")
+
+
+def test_resolve_default_one_device_mirrored_and_auto():
+    assert tfk.distribute.resolve("default") is tf.distribute.get_strategy()
+    assert tfk.distribute.resolve("off") is tf.distribute.get_strategy()
+    assert isinstance(tfk.distribute.resolve("one_device"), tf.distribute.OneDeviceStrategy)
+    assert isinstance(
+        tfk.distribute.resolve("one_device", devices=["/cpu:1"]), tf.distribute.OneDeviceStrategy
+    )
+    mirrored = tfk.distribute.resolve("mirrored", devices=["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    # CPU only, no TPU: "auto" is the default strategy.
+    assert tfk.distribute.resolve("auto") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="Unknown strategy 'gpus'"):
+        tfk.distribute.resolve("gpus")
+    with pytest.raises(ValueError, match="communication"):
+        tfk.distribute.resolve("multi_worker_mirrored", communication="carrier-pigeon")
+
+
+@pytest.mark.timeout(60)
+def test_resolve_tpu_without_a_tpu_fails_fast_and_clearly():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="No TPU found"):
+        tfk.distribute.resolve("tpu", tpu="local")
+    # A grpc address nobody listens on: probed, never connected to (that hangs).
+    port = portpicker.pick_unused_port()
+    with pytest.raises(RuntimeError, match="No TPU answers"):
+        tfk.distribute.resolve("tpu", tpu=f"grpc://127.0.0.1:{port}", connect_timeout=2)
+    assert time.monotonic() - start < 30
+
+
+def test_is_chief_without_a_cluster():
+    assert tfk.distribute.is_chief()
+    assert not tfk.distribute.is_multi_worker()
+
+
+def _net(seed=3):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="sigmoid"),
+        ]
+    )
+
+
+def test_four_replicas_fit_evaluate_predict_and_auc_equal_one_device(mirrored_strategy):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(203, 5)).astype("float32")
+    y = (rng.uniform(size=(203, 2)) > 0.5).astype("float32")
+
+    def run(strategy):
+        scope = strategy.scope() if strategy else tf.distribute.get_strategy().scope()
+        with scope:
+            model = tfk.Model(_net())
+            model.compile(
+                "adam",
+                "binary_crossentropy",
+                metrics=[keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision")],
+                steps_per_execution=3,
+            )
+        history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0).history
+        evaluation = model.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+        return model, history, evaluation, model.predict(x, batch_size=32, verbose=0)
+
+    single = run(None)
+    four = run(mirrored_strategy(4))
+    for key in single[1]:
+        np.testing.assert_allclose(four[1][key], single[1][key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for key in single[2]:
+        np.testing.assert_allclose(four[2][key], single[2][key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(four[3], single[3], rtol=1e-5, atol=1e-6)  # order kept
+    for a, b in zip(single[0].get_weights(), four[0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _launch_cluster(tmp_path, num_workers=2):
+    ports = [portpicker.pick_unused_port() for _ in range(num_workers)]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(num_workers):
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        )
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        log = open(tmp_path / f"worker_{index}.log", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, WORKER, str(tmp_path)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    return procs
+
+
+@pytest.mark.timeout(300)
+def test_two_worker_cluster_matches_one_process(tmp_path):
+    procs = _launch_cluster(tmp_path)
+    single_env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    single = subprocess.run(
+        [sys.executable, WORKER, str(tmp_path), "single"],
+        env=single_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    try:
+        for proc, log in procs:
+            proc.wait(timeout=240)
+            log.close()
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for index, (proc, _) in enumerate(procs):
+        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+
+    reference = np.load(tmp_path / "result_single.npz")
+    workers = [np.load(tmp_path / f"result_{i}.npz") for i in range(2)]
+    assert bool(workers[0]["is_chief"]) and not bool(workers[1]["is_chief"])
+    weight_keys = [k for k in reference.files if k.startswith("arr_")]
+    for key in weight_keys:
+        np.testing.assert_array_equal(workers[0][key], workers[1][key])  # identical on both workers
+        np.testing.assert_allclose(workers[0][key], reference[key], rtol=1e-5, atol=1e-6)
+    for key in ("loss", "accuracy", "eval_loss", "eval_top2", "predictions"):
+        np.testing.assert_allclose(workers[0][key], workers[1][key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(
+            workers[0][key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert workers[0]["predictions"].shape == (100, 3)

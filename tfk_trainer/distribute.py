@@ -1,0 +1,199 @@
+"""Strategy resolution: one name per way of running, tf.distribute underneath.
+
+    strategy = tfk.distribute.resolve("mirrored")        # every local GPU (or CPU)
+    strategy = tfk.distribute.resolve("tpu", tpu="local")  # on a Cloud TPU VM
+    with strategy.scope():
+        model = tfk.Model(make_network()); model.compile(...)
+
+Names: "default"/"off", "one_device", "mirrored", "multi_worker_mirrored",
+"tpu" and "auto". Every failure is a `ValueError` or `RuntimeError` that
+says what was tried and what to do, raised in seconds: in particular, a TPU
+address that does not answer is probed with a short TCP connect before
+`experimental_connect_to_cluster` is called, since that call hangs forever
+on a dead address.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+import tensorflow as tf
+
+log = logging.getLogger("tfk_trainer")
+
+NAMES = ("default", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu", "auto")
+_COMMUNICATION = {
+    "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+    "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+    "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+}
+
+
+def resolve(
+    name: str,
+    *,
+    tpu: str | None = None,
+    devices: Sequence[str] | None = None,
+    communication: str = "auto",
+    tpu_zone: str | None = None,
+    tpu_project: str | None = None,
+    connect_timeout: float = 10.0,
+) -> tf.distribute.Strategy:
+    """Returns the `tf.distribute.Strategy` for `name`.
+
+    Args:
+        name: one of "default" (or "off"), "one_device", "mirrored",
+            "multi_worker_mirrored", "tpu", "auto".
+        tpu: for "tpu": "local" on a TPU VM, a TPU name (Cloud TPU Node,
+            needs the `tpu` extra, cloud-tpu-client), or a "grpc://host:port"
+            address. Defaults to "local".
+        devices: for "mirrored" (a list of devices) or "one_device" (one).
+        communication: for "multi_worker_mirrored": "auto", "ring" or "nccl".
+        tpu_zone, tpu_project: for TPU names resolved through the Cloud API.
+        connect_timeout: seconds to wait for a remote TPU address to answer.
+    """
+    if not isinstance(name, str) or name.lower() not in NAMES:
+        raise ValueError(f"Unknown strategy {name!r}; accepted: {list(NAMES)}.")
+    name = name.lower()
+    if name in ("default", "off"):
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        if devices is not None and (isinstance(devices, str) or len(devices) != 1):
+            device = devices if isinstance(devices, str) else None
+            if device is None:
+                raise ValueError(
+                    f"`devices` for 'one_device' must name one device; received {devices!r}."
+                )
+        else:
+            device = devices[0] if devices else _default_device()
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(list(devices) if devices else None)
+    if name == "multi_worker_mirrored":
+        return _multi_worker(communication)
+    if name == "tpu":
+        return _tpu(tpu or "local", tpu_zone, tpu_project, connect_timeout)
+    return _auto(tpu_zone, tpu_project, connect_timeout)
+
+
+def _default_device() -> str:
+    return "/gpu:0" if tf.config.list_physical_devices("GPU") else "/cpu:0"
+
+
+def _multi_worker(communication: str) -> tf.distribute.Strategy:
+    if communication not in _COMMUNICATION:
+        raise ValueError(
+            f"`communication` must be one of {sorted(_COMMUNICATION)}; received {communication!r}."
+        )
+    raw = os.environ.get("TF_CONFIG")
+    if raw:
+        try:
+            config = json.loads(raw)
+            config["cluster"]["worker"]  # noqa: B018 - presence check
+            config["task"]["index"]  # noqa: B018
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                "TF_CONFIG is set but is not a valid cluster description "
+                '(expected {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}): '
+                f"{e}"
+            ) from None
+    else:
+        log.warning(
+            "multi_worker_mirrored without TF_CONFIG: running as a single worker. Set TF_CONFIG "
+            "on every worker to train across machines."
+        )
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=_COMMUNICATION[communication]
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def tpu_attached() -> bool:
+    """True when this host has TPU devices (a TPU VM) or TF already sees them."""
+    if tf.config.list_logical_devices("TPU"):
+        return True
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _auto(zone, project, timeout) -> tf.distribute.Strategy:
+    if tpu_attached():
+        return _tpu("local", zone, project, timeout)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Fails fast if nothing listens at a grpc:// TPU address (connecting would hang)."""
+    parsed = urlparse(address)
+    host, port = parsed.hostname, parsed.port or 8470
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        raise RuntimeError(
+            f"No TPU answers at {address} ({type(e).__name__}: {e}) within {timeout:g} s. Check "
+            "the address and that the TPU is running, or use tpu='local' on a TPU VM."
+        ) from None
+
+
+def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
+    resolver_cls = tf.distribute.cluster_resolver.TPUClusterResolver
+    try:
+        if tpu == "local":
+            resolver = resolver_cls(tpu="local")
+        else:
+            if tpu.startswith("grpc://"):
+                check_reachable(tpu, timeout)
+            resolver = resolver_cls(tpu=tpu, zone=zone, project=project)
+    except (ValueError, RuntimeError) as e:
+        if "Missing runtime dependency" in str(e):
+            raise RuntimeError(
+                f"Resolving the TPU name {tpu!r} needs the Cloud TPU client: "
+                "pip install 'tfk_trainer[tpu]' (cloud-tpu-client). On a TPU VM use tpu='local'."
+            ) from None
+        if isinstance(e, RuntimeError) and "No TPU answers" in str(e):
+            raise
+        raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - URLError, DefaultCredentialsError, ...
+        raise RuntimeError(
+            f"Could not resolve the TPU {tpu!r}: {type(e).__name__}: {e}. For a TPU name, "
+            "pass tpu_zone and tpu_project and make sure Google Cloud credentials are set; "
+            "on a TPU VM use tpu='local'."
+        ) from None
+    if tpu != "local":
+        tf.config.experimental_connect_to_cluster(resolver)
+    try:
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError, ValueError) as e:
+        raise RuntimeError(
+            f"No TPU found for tpu={tpu!r}: {str(e).splitlines()[0][:200]}. Run on a Cloud TPU "
+            "VM (tpu='local') or pass a TPU name/grpc:// address; off TPUs use 'auto', "
+            "'mirrored' or 'default'."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True on the one worker that writes checkpoints, logs and exports."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    cluster = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())

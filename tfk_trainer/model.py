@@ -48,6 +48,8 @@ _ENGINE_ATTRS = frozenset(
         "_compile_config",
         "history",
         "_objectives",
+        "_position",
+        "_resume_from",
     }
 )
 
@@ -75,6 +77,7 @@ class _EngineState:
         self.network_built = False  # variables created, executor made
         self.sample_output: Any = None
         self.user_metrics: list = []
+        self.input_spec: Any = None
         self.base_compute_loss_calls = 0  # counted at trace time; see compute_loss
         self.trainable: list = []
         self.non_trainable: list = []
@@ -189,6 +192,8 @@ class Model(tf.Module):
         self._output_trackers: list = []
         self.stop_training = False
         self.history = None
+        self._position = None  # engine.loop.Position of the running fit
+        self._resume_from = None  # a Position a restored backup asks fit to resume at
         self._strategy = None
         self._network_takes_training = network is not None and _accepts_training(
             getattr(network, "call", network)
@@ -461,6 +466,7 @@ class Model(tf.Module):
             lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
         )
         state.sample_output = y_pred
+        state.input_spec = x_spec
         state.trainable, state.non_trainable = self._collect_variables()
         config = self._compile_config
         state.executor = _Executor(
@@ -1032,6 +1038,35 @@ class Model(tf.Module):
         iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
         _, outputs = self._executor.predict(iterator, tf.constant(1, tf.int64))
         return drop_padding(outputs)
+
+    # -- saving --------------------------------------------------------------
+
+    def save_checkpoint(self, path: str, *, include_optimizer: bool = True) -> str:
+        """Saves the network and (by default) the optimizer to the checkpoint prefix `path`.
+
+        Restorable under any strategy with `load_checkpoint`. Returns the
+        written prefix. Only the chief worker writes to `path`.
+        """
+        from tfk_trainer import checkpoint as checkpoint_lib
+
+        return checkpoint_lib.save(self, path, include_optimizer=include_optimizer)
+
+    def load_checkpoint(self, path: str, *, include_optimizer: bool = True) -> None:
+        """Restores a checkpoint (a prefix, or a directory: its latest checkpoint).
+
+        The model's variables must exist (build it first, e.g. with
+        `keras.Input`, or by calling it once); a checkpoint of another model
+        raises a `ValueError` naming the mismatch.
+        """
+        from tfk_trainer import checkpoint as checkpoint_lib
+
+        checkpoint_lib.load(self, path, include_optimizer=include_optimizer)
+
+    def export(self, path: str) -> str:
+        """Writes a SavedModel with a `serving_default` signature; see `tfk_trainer.export`."""
+        from tfk_trainer import export as export_lib
+
+        return export_lib.export(self, path)
 
     # -- misc ----------------------------------------------------------------
 

@@ -138,6 +138,15 @@ class ArrayAdapter(DataAdapter):
         return self._num_samples
 
     @property
+    def seed(self) -> int:
+        """The shuffle seed: epoch `e` is the permutation of `(seed, e)`."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = int(value)
+
+    @property
     def element_spec(self) -> tuple:
         return tf.nest.map_structure(
             lambda a: tf.TensorSpec([None] + list(a.shape[1:]), tf.as_dtype(a.dtype)), self._data

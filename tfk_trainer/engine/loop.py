@@ -58,7 +58,12 @@ class EpochPlan:
 
 
 class Iterators:
-    """Creates distributed iterators for an adapter, fresh or persistent."""
+    """Creates distributed iterators for an adapter, fresh or persistent.
+
+    `skip` starts an iterator part-way into its data, for an exact resume:
+    array epochs are pure functions of `(seed, epoch)`, so skipping the
+    batches already trained reproduces the rest of the epoch.
+    """
 
     def __init__(self, strategy: tf.distribute.Strategy, plan: EpochPlan, first_epoch: int):
         self._strategy = strategy
@@ -66,22 +71,37 @@ class Iterators:
         self._first_epoch = first_epoch
         self._persistent = None
 
-    def _make(self, epoch: int, repeat: bool):
+    def _make(self, epoch: int, repeat: bool, skip: int = 0):
         dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
+        if skip:
+            dataset = dataset.skip(skip)
         distributed = self._strategy.experimental_distribute_dataset(dataset)
         return iter(distributed)
 
-    def for_epoch(self, epoch: int):
+    def for_epoch(self, epoch: int, skip: int = 0):
         if not self._plan.persistent:
-            return self._make(epoch, repeat=False)
+            return self._make(epoch, repeat=False, skip=skip)
         if self._persistent is None:
-            self._persistent = self._make(self._first_epoch, repeat=self._plan.adapter.can_repeat)
+            self._persistent = self._make(
+                self._first_epoch, repeat=self._plan.adapter.can_repeat, skip=skip
+            )
         return self._persistent
 
     def reset(self, epoch: int):
         """A fresh iterator after an XLA fallback (nothing was trained)."""
         self._persistent = None
         return self.for_epoch(epoch)
+
+
+@dataclass
+class Position:
+    """Where training stands: enough to resume exactly (see BackupAndRestore)."""
+
+    epoch: int = 0  # the epoch in progress (or the next one, with step 0)
+    step: int = 0  # steps done in that epoch
+    consumed: int = 0  # batches drawn from a persistent iterator since it was made
+    first_epoch: int = 0  # the epoch a persistent iterator started at
+    data_seed: int | None = None  # the array adapter's shuffle seed
 
 
 def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
@@ -196,17 +216,39 @@ class Driver:
         validation_freq: Any,
     ) -> None:
         model = self.model
-        iterators = Iterators(model.distribute_strategy, plan, initial_epoch)
         spe = model._compile_config.steps_per_execution
-        callbacks.on_train_begin()
-        epoch_logs: dict[str, float] = {}
+        adapter = plan.adapter
         model.stop_training = False
-        for epoch in range(initial_epoch, epochs):
-            model.reset_metrics()
+        position = Position(
+            epoch=initial_epoch, first_epoch=initial_epoch, data_seed=getattr(adapter, "seed", None)
+        )
+        model._position = position
+        callbacks.on_train_begin()
+        resume = model._resume_from
+        model._resume_from = None
+        skip = 0
+        if resume is not None:
+            # A backup was restored (weights, optimizer, metrics): continue at its position.
+            position.epoch, position.step = resume.epoch, resume.step
+            position.first_epoch, position.consumed = resume.first_epoch, resume.consumed
+            if resume.data_seed is not None and hasattr(adapter, "seed"):
+                adapter.seed = resume.data_seed
+                position.data_seed = resume.data_seed
+            skip = resume.consumed if plan.persistent else resume.step
+        iterators = Iterators(model.distribute_strategy, plan, position.first_epoch)
+        epoch_logs: dict[str, float] = {}
+        for epoch in range(position.epoch, epochs):
+            resumed_mid_epoch = resume is not None and epoch == resume.epoch and resume.step > 0
+            if not resumed_mid_epoch:
+                model.reset_metrics()
             plan.adapter.on_epoch_begin(epoch)
             callbacks.on_epoch_begin(epoch)
-            iterator = iterators.for_epoch(epoch)
-            step = 0
+            iterator = iterators.for_epoch(
+                epoch, skip=skip if resumed_mid_epoch or plan.persistent else 0
+            )
+            skip = 0
+            step = position.step if resumed_mid_epoch else 0
+            position.epoch, position.step = epoch, step
             ran_out = False
             while plan.steps is None or step < plan.steps:
                 requested = spe if plan.steps is None else min(spe, plan.steps - step)
@@ -230,6 +272,8 @@ class Driver:
                 else:
                     ran = requested
                 step += ran
+                position.step = step
+                position.consumed += ran
                 if ran:
                     if callbacks.wants_batch("on_train_batch_end"):
                         callbacks.on_train_batch_end(step - 1, self._lazy_logs())
@@ -239,6 +283,7 @@ class Driver:
                     break
                 if model.stop_training:
                     break
+            epoch_complete = plan.steps is None or step >= plan.steps or ran_out
             plan.adapter.on_epoch_end(epoch)
             if step == 0:
                 warnings.warn(
@@ -254,6 +299,8 @@ class Driver:
                 val_logs = validation()
                 epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             epoch_logs = dict(sorted(epoch_logs.items()))
+            if epoch_complete:  # a stop mid-epoch leaves the position inside it
+                position.epoch, position.step = epoch + 1, 0
             callbacks.on_epoch_end(epoch, epoch_logs)
             if ran_out:
                 warnings.warn(

@@ -1,0 +1,311 @@
+"""`ModelCheckpoint` and `BackupAndRestore`: saving during `fit`, and exact resume.
+
+`BackupAndRestore` saves, besides the network and optimizer, the metric
+states and the training position (epoch, step in epoch, batches drawn and
+the array shuffle seed). On restart `fit` restores all of it and continues
+at that exact step: array epochs are pure functions of `(seed, epoch)`, so
+skipping the batches already trained reproduces the rest of the epoch, and
+a resumed run ends with the weights of an uninterrupted one (with op
+determinism on). On SIGTERM (the preemption signal on Cloud) it saves at
+the next execution boundary and raises `Preempted` (exit code 143).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer import checkpoint as checkpoint_lib
+from tfk_trainer import distribute
+from tfk_trainer.callbacks.base import Callback
+from tfk_trainer.engine.loop import Position
+
+log = logging.getLogger("tfk_trainer")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the conventional status of a terminated process
+
+
+class Preempted(SystemExit):
+    """Raised by `BackupAndRestore` after saving on SIGTERM; exits with status 143."""
+
+    def __init__(self, message: str):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _check_save_freq(save_freq: Any) -> Any:
+    if save_freq == "epoch":
+        return save_freq
+    if isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer)) or save_freq < 1:
+        raise ValueError(
+            f'`save_freq` must be "epoch" or a positive int (steps); received {save_freq!r}.'
+        )
+    return int(save_freq)
+
+
+class BackupAndRestore(Callback):
+    """Backs training up and resumes it, exactly, after a crash or preemption.
+
+    Args:
+        backup_dir: where the backup lives (only the chief writes there).
+        save_freq: "epoch", or an int: save every that many optimizer steps
+            (rounded up to execution boundaries).
+        delete_checkpoint: delete the backup when `fit` completes.
+    """
+
+    def __init__(self, backup_dir: str, save_freq: Any = "epoch", delete_checkpoint: bool = True):
+        super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)) or not str(backup_dir):
+            raise ValueError(f"`backup_dir` must be a non-empty path; received {backup_dir!r}.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = _check_save_freq(save_freq)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._manager = None
+        self._position_vars: dict[str, tf.Variable] = {}
+        self._last_saved_step = 0
+        self._preempted = False
+        self._previous_handler = None
+
+    # -- setup -----------------------------------------------------------
+
+    def _checkpoint(self) -> tf.train.Checkpoint:
+        model = self.model
+        with tf.init_scope():
+            self._position_vars = {
+                name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"position_{name}")
+                for name in ("epoch", "step", "consumed", "first_epoch", "data_seed", "has_seed")
+            }
+        items = checkpoint_lib.checkpoint_items(model)
+        # Keras metrics keep their variables out of TF's object graph: list them.
+        items["metric_variables"] = [v for m in model.metrics for v in m.variables]
+        items["position"] = self._position_vars
+        return tf.train.Checkpoint(**items)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        checkpoint = self._checkpoint()
+        self._written_dir = checkpoint_lib.write_directory(
+            self.backup_dir, model.distribute_strategy
+        )
+        try:
+            os.makedirs(self._written_dir, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"`backup_dir` {self.backup_dir!r} cannot be created: {e}") from None
+        self._manager = tf.train.CheckpointManager(checkpoint, self._written_dir, max_to_keep=2)
+        latest = tf.train.latest_checkpoint(self.backup_dir)
+        if latest:
+            checkpoint_lib.prepare_for_restore(model)
+            try:
+                status = checkpoint.read(latest)
+                status.assert_existing_objects_matched()
+            except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
+                raise ValueError(
+                    f"The backup in {self.backup_dir!r} was written by a different model or "
+                    f"configuration and cannot be restored: {str(e).splitlines()[0][:400]}. "
+                    "Use another `backup_dir`, or delete this one to start over."
+                ) from None
+            status.expect_partial()
+            p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
+            model._resume_from = Position(
+                epoch=p["epoch"],
+                step=p["step"],
+                consumed=p["consumed"],
+                first_epoch=p["first_epoch"],
+                data_seed=p["data_seed"] if p["has_seed"] else None,
+            )
+            log.info("BackupAndRestore: resuming at epoch %d, step %d.", p["epoch"], p["step"])
+        self._last_saved_step = int(model.optimizer.iterations.numpy())
+        self._install_sigterm_handler()
+
+    def _install_sigterm_handler(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._preempted = False
+
+        def handler(signum, frame):
+            self._preempted = True
+
+        self._previous_handler = signal.signal(signal.SIGTERM, handler)
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    # -- saving ----------------------------------------------------------
+
+    def _save(self) -> None:
+        position = self.model._position
+        values = {
+            "epoch": position.epoch,
+            "step": position.step,
+            "consumed": position.consumed,
+            "first_epoch": position.first_epoch,
+            "data_seed": position.data_seed or 0,
+            "has_seed": int(position.data_seed is not None),
+        }
+        for name, value in values.items():
+            self._position_vars[name].assign(value)
+        self._manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
+        self._last_saved_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._preempted:
+            self._save()
+            self._restore_sigterm_handler()
+            raise Preempted(
+                f"SIGTERM received: backup saved to {self.backup_dir!r} at epoch "
+                f"{self.model._position.epoch}, step {self.model._position.step}; rerun the same "
+                "command to resume."
+            )
+        if isinstance(self.save_freq, int):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step - self._last_saved_step >= self.save_freq:
+                self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch" or self._preempted:
+            self._save()
+        if self._preempted:
+            self._restore_sigterm_handler()
+            raise Preempted(
+                f"SIGTERM received: backup saved to {self.backup_dir!r} after epoch {epoch}."
+            )
+
+    def on_train_end(self, logs=None):
+        self._restore_sigterm_handler()
+        checkpoint_lib.cleanup_worker_directory(self._written_dir, self.backup_dir)
+        if self.delete_checkpoint and distribute.is_chief(self.model.distribute_strategy):
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (or its weights) during `fit`, Keras's arguments.
+
+    `filepath` may hold `{epoch}` and metric fields (`{val_loss:.2f}`). A
+    path ending in `.weights.h5` (Keras network weights) or `.keras` (a full
+    Keras model) is saved by Keras; any other path is a TensorFlow
+    checkpoint prefix holding the network and, unless `save_weights_only`,
+    the optimizer, restorable with `model.load_checkpoint(path)`.
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: Any = "epoch",
+        initial_value_threshold: float | None = None,
+    ):
+        super().__init__()
+        if not isinstance(filepath, (str, os.PathLike)) or not str(filepath):
+            raise ValueError(f"`filepath` must be a non-empty path; received {filepath!r}.")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f'`mode` must be "auto", "min" or "max"; received {mode!r}.')
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = bool(save_best_only)
+        self.save_weights_only = bool(save_weights_only)
+        self.save_freq = _check_save_freq(save_freq)
+        if mode == "auto":
+            lowered = monitor.lower()
+            mode = (
+                "max"
+                if any(
+                    k in lowered for k in ("acc", "auc", "precision", "recall", "f1", "fmeasure")
+                )
+                else "min"
+            )
+        self.mode = mode
+        self.best = initial_value_threshold
+        if self.best is None:
+            self.best = math.inf if mode == "min" else -math.inf
+        self._last_saved_step = 0
+        self._epoch = 0
+
+    def _improved(self, value: float) -> bool:
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def _path(self, epoch: int, logs: dict) -> str:
+        try:
+            return self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        except KeyError as e:
+            raise KeyError(
+                f"`filepath` {self.filepath!r} names {e}, which is not in the logs "
+                f"{sorted(logs or {})}."
+            ) from None
+
+    def _save(self, epoch: int, logs: dict) -> None:
+        logs = dict(logs or {})
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                log.warning(
+                    "ModelCheckpoint: `monitor` %r is not in the logs %s; not saving.",
+                    self.monitor,
+                    sorted(logs),
+                )
+                return
+            if not self._improved(float(value)):
+                return
+            self.best = float(value)
+        path = self._path(epoch, logs)
+        model = self.model
+        directory = os.path.dirname(os.path.abspath(path))
+        if distribute.is_chief(model.distribute_strategy):
+            os.makedirs(directory, exist_ok=True)
+        if path.endswith(".weights.h5") or path.endswith(".keras"):
+            if distribute.is_chief(model.distribute_strategy):
+                _keras_save(
+                    model, path, weights_only=path.endswith(".weights.h5") or self.save_weights_only
+                )
+        else:
+            checkpoint_lib.save(model, path, include_optimizer=not self.save_weights_only)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: saved the model to {path}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if isinstance(self.save_freq, int):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step - self._last_saved_step >= self.save_freq:
+                self._last_saved_step = step
+                self._save(self._epoch, dict(logs or {}))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, logs)
+
+
+def _keras_save(model: Any, path: str, weights_only: bool) -> None:
+    """Keras-format saving, written to a temporary name then renamed (atomic)."""
+    network = model.network
+    if network is None or not hasattr(network, "save_weights"):
+        raise ValueError(
+            f"`filepath` {path!r} asks for Keras format, but the model does not wrap a Keras "
+            "network; use a checkpoint prefix without the .weights.h5/.keras suffix."
+        )
+    suffix = ".weights.h5" if path.endswith(".weights.h5") else ".keras"
+    tmp = f"{path[: -len(suffix)]}.tmp-{os.getpid()}{suffix}"
+    if weights_only:
+        network.save_weights(tmp)
+    else:
+        network.save(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,83 @@
+"""`model.export(path)`: a SavedModel that serves without tfk_trainer installed.
+
+The SavedModel holds the network's variables and one traced function, the
+inference call (`training=False`), under the `serving_default` signature
+with the input shapes and dtypes the model was built with (batch dimension
+free). `tf.saved_model.load(path).signatures["serving_default"](...)` gives
+the same predictions as `model.predict`. Written to a temporary directory
+and renamed into place, by the chief only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import tensorflow as tf
+
+from tfk_trainer import distribute
+
+
+def _input_signature(spec: Any) -> list:
+    def relax(s: tf.TensorSpec, name: str) -> tf.TensorSpec:
+        return tf.TensorSpec([None] + s.shape.as_list()[1:], s.dtype, name=name)
+
+    if isinstance(spec, dict):
+        return [{k: relax(v, k) for k, v in spec.items()}]
+    if isinstance(spec, (list, tuple)):
+        return [type(spec)(relax(s, f"input_{i}") for i, s in enumerate(spec))]
+    return [relax(spec, "inputs")]
+
+
+def _named_outputs(outputs: Any) -> dict:
+    """Serving signatures return a flat dict of named tensors."""
+    if isinstance(outputs, dict) and not any(tf.nest.is_nested(v) for v in outputs.values()):
+        return dict(outputs)
+    flat = tf.nest.flatten(outputs)
+    if len(flat) == 1:
+        return {"outputs": flat[0]}
+    return {f"output_{i}": t for i, t in enumerate(flat)}
+
+
+def export(model: Any, path: str) -> str:
+    """Writes a SavedModel of `model`'s inference function to `path`."""
+    spec = model._state.input_spec
+    if spec is None:
+        raise ValueError(
+            "export() needs to know the model's inputs: call fit, evaluate or predict (or "
+            "predict_on_batch on a sample) first."
+        )
+    if os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(f"export(): {path!r} exists and is not empty; choose a new path.")
+    root = tf.Module()
+    root.variables_to_save = list(
+        v.value if hasattr(v, "value") and isinstance(v.value, tf.Variable) else v
+        for v in model.variables
+    )
+    network = model
+
+    @tf.function(input_signature=_input_signature(spec))
+    def serve(inputs):
+        return _named_outputs(network(inputs, training=False))
+
+    root.serve = serve
+    if not distribute.is_chief(model.distribute_strategy):
+        target = tempfile.mkdtemp(prefix="tfk_worker_export_")
+        with model.distribute_strategy.scope():
+            tf.saved_model.save(root, target, signatures={"serving_default": serve})
+        shutil.rmtree(target, ignore_errors=True)
+        return path
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tfk_export_", dir=parent)
+    try:
+        tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
+        if os.path.exists(path):
+            os.rmdir(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

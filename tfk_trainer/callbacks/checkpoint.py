@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -39,6 +40,8 @@ class Preempted(SystemExit):
     def __init__(self, message: str):
         super().__init__(PREEMPTED_EXIT_CODE)
         self.message = message
+        # SystemExit prints nothing when it ends the process: say what happened.
+        print(f"tfk_trainer: {message}", file=sys.stderr, flush=True)
 
     def __str__(self) -> str:
         return self.message

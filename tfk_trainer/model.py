@@ -499,12 +499,14 @@ class Model(tf.Module):
                     f"The targets `y` are strings ({y_spec}), but the loss needs numbers. "
                     "Encode the labels as integers (e.g. with keras.layers.StringLookup) first."
                 )
-            if not has_loss and not self.losses:
+            custom_step = type(self).train_step is not Model.train_step
+            if not has_loss and not self.losses and not custom_step:
                 raise ValueError(
                     "The model has no loss to optimize: pass `loss` to compile() (or add "
                     "losses with `add_loss` in a Keras layer)."
                 )
-            self._loss_tracker = _LossTracker()
+            # No compiled loss and a custom train_step (a GAN, say): no `loss` log.
+            self._loss_tracker = _LossTracker(name="loss") if has_loss or self.losses else None
             self._output_trackers = [
                 _LossTracker(name=o.log_name) if o.log_name else None for o in objectives.outputs
             ]
@@ -521,23 +523,26 @@ class Model(tf.Module):
         """The loss trackers and compiled metrics (Keras `Metric` objects)."""
         if not self._state.built:
             return []
-        trackers = [t for t in self._output_trackers if t is not None]
+        trackers = [t for t in [self._loss_tracker] + self._output_trackers if t is not None]
         compiled = [m.metric for m in self._objectives.metrics]
-        return [self._loss_tracker] + trackers + compiled + list(self._state.user_metrics)
+        return trackers + compiled + list(self._state.user_metrics)
 
     @property
     def metrics_names(self) -> list[str]:
         """The names of `evaluate()`'s list, in its order (Keras gets this wrong)."""
         if not self._state.built:
             return []
-        return ["loss"] + self._objectives.metric_names + [m.name for m in self._state.user_metrics]
+        loss = ["loss"] if self._loss_tracker is not None else []
+        return loss + self._objectives.metric_names + [m.name for m in self._state.user_metrics]
 
     def reset_metrics(self) -> None:
         for m in self.metrics:
             m.reset_state()
 
     def _metric_results(self) -> dict[str, tf.Tensor]:
-        results = {"loss": self._loss_tracker.result()}
+        results = {}
+        if self._loss_tracker is not None:
+            results["loss"] = self._loss_tracker.result()
         for output, tracker in zip(self._objectives.outputs, self._output_trackers):
             if tracker is not None:
                 results[output.log_name] = tracker.result()
@@ -621,15 +626,19 @@ class Model(tf.Module):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:
         """Updates the compiled metrics (plain ones unweighted, as Keras does)."""
-        self._update_metrics(y, y_pred, sample_weight, None)
+        self._update_compiled_metrics(y, y_pred, sample_weight, None)
 
     def _update_metrics(self, y, y_pred, sample_weight, valid) -> None:
+        """Calls a `compute_metrics` override, or updates the compiled metrics directly."""
         if type(self).compute_metrics is not Model.compute_metrics:
             weights = sample_weight
             if valid is not None:
                 weights = _rows(valid) if weights is None else _times_rows(weights, valid)
             self.compute_metrics(None, y, y_pred, weights)
             return
+        self._update_compiled_metrics(y, y_pred, sample_weight, valid)
+
+    def _update_compiled_metrics(self, y, y_pred, sample_weight, valid) -> None:
         objectives = self._objectives
         flat_true = objectives.flatten(y, "y") if y is not None else None
         flat_pred = objectives.flatten(y_pred, "model outputs")
@@ -650,7 +659,8 @@ class Model(tf.Module):
     ) -> None:
         """Batch-size-weighted means of the total and of each output's unweighted loss."""
         local_batch = _local_batch(x, valid)
-        self._loss_tracker.add_shares(loss * global_batch, local_batch)
+        if self._loss_tracker is not None:
+            self._loss_tracker.add_shares(loss * global_batch, local_batch)
         for tracker, share in zip(self._output_trackers, shares or []):
             if tracker is not None and share is not None:
                 tracker.add_shares(share * global_batch, local_batch)
@@ -880,7 +890,13 @@ class Model(tf.Module):
         callback_list = CallbackList(
             all_callbacks,
             model=self,
-            params={"verbose": verbose, "epochs": epochs, "steps": plan.steps},
+            params={
+                "verbose": verbose,
+                "epochs": epochs,
+                "steps": plan.steps,
+                "batch_size": adapter.batch_size,
+                "steps_per_execution": self._compile_config.steps_per_execution,
+            },
         )
         try:
             Driver(self).fit_loop(

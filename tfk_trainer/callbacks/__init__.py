@@ -17,6 +17,7 @@ from tfk_trainer.callbacks.standard import (
     ReduceLROnPlateau,
     TerminateOnNaN,
 )
+from tfk_trainer.callbacks.tensorboard import TensorBoard
 
 __all__ = [
     "BackupAndRestore",
@@ -34,4 +35,5 @@ __all__ = [
     "LearningRateScheduler",
     "ReduceLROnPlateau",
     "TerminateOnNaN",
+    "TensorBoard",
 ]

@@ -162,40 +162,40 @@ class CallbackList:
     def append(self, callback: Any) -> None:
         raise NotImplementedError  # built once; see `__init__`
 
-    def _call(self, hook: str, *args) -> None:
+    def _call(self, hook: str, *args, logs=None) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(*args)
+            getattr(cb, hook)(*args, logs=logs)
 
     def wants_batch(self, hook: str) -> bool:
         return bool(self._batch_hooks[hook])
 
     def _batch(self, hook: str, batch: int, logs: Any) -> None:
         for cb in self._batch_hooks[hook]:
-            getattr(cb, hook)(batch, logs)
+            getattr(cb, hook)(batch, logs=logs)
 
     def on_train_begin(self, logs=None):
-        self._call("on_train_begin", logs)
+        self._call("on_train_begin", logs=logs)
 
     def on_train_end(self, logs=None):
-        self._call("on_train_end", logs)
+        self._call("on_train_end", logs=logs)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._call("on_epoch_begin", epoch, logs)
+        self._call("on_epoch_begin", epoch, logs=logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._call("on_epoch_end", epoch, logs)
+        self._call("on_epoch_end", epoch, logs=logs)
 
     def on_test_begin(self, logs=None):
-        self._call("on_test_begin", logs)
+        self._call("on_test_begin", logs=logs)
 
     def on_test_end(self, logs=None):
-        self._call("on_test_end", logs)
+        self._call("on_test_end", logs=logs)
 
     def on_predict_begin(self, logs=None):
-        self._call("on_predict_begin", logs)
+        self._call("on_predict_begin", logs=logs)
 
     def on_predict_end(self, logs=None):
-        self._call("on_predict_end", logs)
+        self._call("on_predict_end", logs=logs)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._batch("on_train_batch_begin", batch, logs)

@@ -106,6 +106,7 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(
                 f'`shuffle` must be True, False or "batch"; received shuffle={shuffle!r}.'
             )
+        x, y, sample_weight = (structure.lists_to_tuples(v) for v in (x, y, sample_weight))
         x = tf.nest.map_structure(lambda a: structure.to_array(a, "x"), x)
         y = None if y is None else tf.nest.map_structure(lambda a: structure.to_array(a, "y"), y)
         if sample_weight is not None:

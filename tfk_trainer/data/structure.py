@@ -49,6 +49,18 @@ def unpack_x_y_sample_weight(data: Any) -> tuple[Any, Any, Any]:
     )
 
 
+def lists_to_tuples(value: Any) -> Any:
+    """Lists become tuples, as Keras does: tf.data would stack a list of equal
+    arrays into one tensor, and cannot hold a list of mixed dtypes at all."""
+    if isinstance(value, list):
+        return tuple(lists_to_tuples(v) for v in value)
+    if isinstance(value, tuple) and not is_namedtuple(value):
+        return tuple(lists_to_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: lists_to_tuples(v) for k, v in value.items()}
+    return value
+
+
 def pack_x_y_sample_weight(x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
     if y is None:
         return (x,)

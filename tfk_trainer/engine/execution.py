@@ -163,7 +163,10 @@ def make_step_loop(
             optional = iterator.get_next_as_optional()
 
             def run():
-                strategy.run(step, args=(optional.get_value(),))
+                # A clean name scope: summaries written in the model get their own
+                # tags, not "while/cond/...".
+                with tf.compat.v1.name_scope(None):
+                    strategy.run(step, args=(optional.get_value(),))
                 return i + 1, tf.constant(False)
 
             return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True)))
@@ -227,7 +230,8 @@ def make_predict_loop(
             optional = iterator.get_next_as_optional()
 
             def run():
-                outputs = strategy.run(step, args=(optional.get_value(),))
+                with tf.compat.v1.name_scope(None):
+                    outputs = strategy.run(step, args=(optional.get_value(),))
                 if gather_across_workers:
                     # Every replica holds the whole global batch, in replica order.
                     local = tf.nest.map_structure(

@@ -1,0 +1,603 @@
+"""`TensorBoard`: Keras's callback, with steps counted in optimizer steps.
+
+Keras 3 counts batch summaries in *executions*: with `steps_per_execution=4`
+its `batch_loss` lands at steps 1, 2, 3 instead of 4, 8, 12, and summaries
+written inside the model all land at one step, because the step is a Python
+int baked in when the train function is traced. Here every step is the
+optimizer's `iterations`:
+
+- batch scalars are written at `int(optimizer.iterations)` after the
+  execution, and `update_freq=N` means "whenever a multiple of N optimizer
+  steps was crossed";
+- summaries inside the model (`tf.summary.scalar` in a layer's `call`) use a
+  step that is read from the iterations variable *in the graph*, and a
+  recording condition that is a tensor too, so one traced function logs
+  every step at its own step (except under XLA, which cannot compile
+  summary ops; they are switched off there).
+
+Nothing is read from the device unless it is written: batch logs are a
+`LazyLogs` mapping, materialised only on the executions that log, and the
+decision to log is taken from host-side step counts.
+
+Only the chief writes; other workers read the batch logs at the same
+executions (reading logs is a collective across workers) but write nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfk_trainer import distribute
+from tfk_trainer.callbacks.base import Callback
+
+log = logging.getLogger("tfk_trainer")
+
+_UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+class _NextStep:
+    """The default summary step during fit: the optimizer step being computed.
+
+    In-model summaries run in the forward pass, before the optimizer
+    increments `iterations`, so the step they belong to is `iterations + 1`
+    (the same numbering as the `batch_*` scalars, which are written after
+    the step, at `iterations`). The value is read in the graph each time a
+    summary is written, which is what makes one traced function log each
+    step at its own step; a Python int would be frozen at trace time.
+
+    A summary written *after* `optimizer.apply` in a custom `train_step`
+    reads the already incremented counter and lands one step later.
+    """
+
+    def __init__(self, iterations: Any):
+        self._iterations = iterations
+
+    def __tf_tensor__(self, dtype: tf.DType | None = None, name: str | None = None) -> tf.Tensor:
+        value = tf.cast(tf.convert_to_tensor(self._iterations), tf.int64) + 1
+        return value if dtype is None else tf.cast(value, dtype)
+
+    def numpy(self) -> np.int64:
+        return np.int64(int(tf.convert_to_tensor(self._iterations).numpy()) + 1)
+
+    def __int__(self) -> int:
+        return int(self.numpy())
+
+    def __repr__(self) -> str:
+        return f"<optimizer step: iterations + 1 = {int(self)}>"
+
+
+def _as_tf_variable(variable: Any) -> Any:
+    """The `tf.Variable` behind a Keras variable (its `.value`), else the object itself."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    inner = getattr(variable, "value", None)
+    if isinstance(inner, tf.Variable):
+        return inner
+    return variable
+
+
+def _to_float(value: Any) -> float | None:
+    """A Python float for a scalar log value, or None when it is not a scalar number."""
+    try:
+        if hasattr(value, "numpy"):
+            value = value.numpy()
+        elif not isinstance(value, (int, float, np.number, np.ndarray)):
+            value = tf.convert_to_tensor(value).numpy()
+        array = np.asarray(value)
+        if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+            return None
+        return float(array.reshape(()))
+    except (TypeError, ValueError):
+        return None
+
+
+def _variable_tag(variable: Any) -> str:
+    """A summary tag for a variable: its path (Keras) or name (tf), made safe."""
+    name = getattr(variable, "path", None) or getattr(variable, "name", None) or "variable"
+    name = str(name)
+    if name.endswith(":0"):
+        name = name[:-2]
+    return _UNSAFE_TAG_CHARS.sub("_", name)
+
+
+def _parse_profile_batch(profile_batch: Any) -> tuple[int, int]:
+    """`(start, stop)` optimizer steps, 1-indexed; `(0, 0)` disables profiling."""
+    value = profile_batch
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            value = None
+        if value is not None and len(value) == 1:
+            value = value[0]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        start = stop = int(value)
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        start, stop = int(value[0]), int(value[1])
+    else:
+        start, stop = -1, -1
+    if start < 0 or stop < start or (start == 0) != (stop == 0):
+        raise ValueError(
+            "`profile_batch` must be a non-negative int (one step; 0 disables profiling) or "
+            "a pair `(start, stop)` of positive optimizer steps with start <= stop; "
+            f"received {profile_batch!r}."
+        )
+    return start, stop
+
+
+class TensorBoard(Callback):
+    """Writes TensorBoard logs: epoch and batch scalars, histograms, graph, profile.
+
+    Args:
+        log_dir: where to write; runs go to `log_dir/train` and
+            `log_dir/validation`.
+        histogram_freq: write a histogram of every trainable variable every
+            this many epochs (0: never).
+        write_graph: write the train function's graph once, on the first
+            execution of a fit.
+        write_images: with histograms, also write 2-D kernels as images.
+        write_steps_per_second: log `epoch_steps_per_second`, and with batch
+            logging `batch_steps_per_second` (and `batch_examples_per_second`
+            when the batch size is in `params`).
+        update_freq: "epoch" (only epoch scalars), "batch" (batch scalars
+            after every execution), or an int N: batch scalars whenever a
+            multiple of N optimizer steps was crossed. It also sets how
+            often in-model summaries record.
+        profile_batch: an optimizer step, or `(start, stop)` steps, to
+            profile (rounded out to whole executions); 0 disables it.
+        embeddings_freq, embeddings_metadata: accepted for compatibility;
+            the embedding projector is not supported (a warning says so).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike = "logs",
+        histogram_freq: int = 0,
+        write_graph: bool = True,
+        write_images: bool = False,
+        write_steps_per_second: bool = False,
+        update_freq: str | int = "epoch",
+        profile_batch: int | tuple[int, int] | str = 0,
+        embeddings_freq: int = 0,
+        embeddings_metadata: Any = None,
+    ) -> None:
+        super().__init__()
+        self.log_dir = os.fspath(log_dir)
+        if (
+            isinstance(histogram_freq, bool)
+            or not isinstance(histogram_freq, (int, np.integer))
+            or histogram_freq < 0
+        ):
+            raise ValueError(
+                f"`histogram_freq` must be a non-negative int; received {histogram_freq!r}."
+            )
+        self.histogram_freq = int(histogram_freq)
+        self.write_graph = bool(write_graph)
+        self.write_images = bool(write_images)
+        self.write_steps_per_second = bool(write_steps_per_second)
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (
+            isinstance(update_freq, bool)
+            or not isinstance(update_freq, (int, np.integer))
+            or update_freq < 1
+        ):
+            raise ValueError(
+                '`update_freq` must be "epoch", "batch" or a positive int (log every N '
+                f"optimizer steps); received {update_freq!r}."
+            )
+        self.update_freq: str | int = update_freq if update_freq == "epoch" else int(update_freq)
+        self._profile_start, self._profile_stop = _parse_profile_batch(profile_batch)
+        self.embeddings_freq = embeddings_freq
+        self.embeddings_metadata = embeddings_metadata
+        if embeddings_freq or embeddings_metadata is not None:
+            warnings.warn(
+                "TensorBoard(embeddings_freq=..., embeddings_metadata=...) is accepted for "
+                "Keras compatibility, but the embedding projector is not supported; no "
+                "embeddings are written.",
+                stacklevel=2,
+            )
+
+        self._train_dir = os.path.join(self.log_dir, "train")
+        self._val_dir = os.path.join(self.log_dir, "validation")
+        self._writers: dict[str, Any] = {}
+        self._chief = True
+        self._in_fit = False
+        # Summary state pushed for the duration of fit (default writer, step, record_if).
+        self._summary_stack: contextlib.ExitStack | None = None
+        self._step_var: Any = None
+        # Per-callback switch read by the traced recording condition; see _in_model_summaries.
+        self._record_var: tf.Variable | None = None
+        self._keep_train_writer = False
+        self._recording_in_model = False
+        self._in_execution = False
+        self._previous_recording: Any = None
+        self._reset_fit_state()
+
+    # -- small helpers -------------------------------------------------------
+
+    def _reset_fit_state(self) -> None:
+        self._first_execution = True
+        self._tracing_graph = False
+        self._profiling = False
+        self._profile_done = False
+        self._epoch_start_step = 0
+        self._last_logged_step = 0
+        self._exec_begin_batch = 0
+        self._exec_begin_time = 0.0
+        self._rate_steps = 0
+        self._rate_seconds = 0.0
+        self._epoch_begin_time = 0.0
+        self._epoch_train_seconds: float | None = None
+
+    def _writer(self, run: str) -> Any:
+        """The writer for `run` ("train" or "validation"), created on first use."""
+        writer = self._writers.get(run)
+        if writer is None:
+            logdir = self._train_dir if run == "train" else self._val_dir
+            writer = tf.summary.create_file_writer(logdir)
+            self._writers[run] = writer
+        return writer
+
+    def _close_writers(self, keep_train: bool = False) -> None:
+        for run in list(self._writers):
+            writer = self._writers[run]
+            if keep_train and run == "train":
+                writer.flush()
+                continue
+            writer.close()
+            del self._writers[run]
+
+    def _iterations(self) -> Any:
+        optimizer = getattr(self.model, "optimizer", None)
+        return getattr(optimizer, "iterations", None)
+
+    def _current_step(self) -> int:
+        """The true optimizer step count (a host read of `iterations`)."""
+        iterations = self._iterations()
+        if iterations is None:
+            return 0
+        return int(np.asarray(tf.convert_to_tensor(_as_tf_variable(iterations)).numpy()))
+
+    def _steps_per_execution(self) -> int:
+        config = getattr(self.model, "_compile_config", None)
+        return int(getattr(config, "steps_per_execution", 1) or 1)
+
+    def _learning_rate(self) -> float | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return None
+        try:
+            lr = optimizer.learning_rate
+        except (AttributeError, TypeError, ValueError):
+            return None
+        # Keras resolves a schedule in `learning_rate`; a bare callable or
+        # schedule object (other optimizers) is evaluated at the true step.
+        if callable(lr) and not hasattr(lr, "numpy") and not isinstance(lr, tf.Variable):
+            try:
+                lr = lr(optimizer.iterations)
+            except TypeError:
+                lr = lr()
+        return _to_float(lr)
+
+    def _write_scalars(self, run: str, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        writer = self._writer(run)
+        with writer.as_default(), tf.summary.record_if(True):
+            for name, value in values.items():
+                number = _to_float(value)
+                if number is not None:
+                    tf.summary.scalar(prefix + name, number, step=step)
+
+    # -- in-model summaries --------------------------------------------------
+
+    def _in_model_summaries(self) -> bool:
+        """Whether summaries inside the model record: batch cadence, chief, no XLA."""
+        if self.update_freq == "epoch" or not self._chief:
+            return False
+        executor = getattr(self.model, "_executor", None)
+        train = getattr(executor, "train", None)
+        # XLA cannot compile summary ops; a traced summary would make the
+        # compile fail (or silently cost the XLA speed-up under "auto").
+        return not bool(getattr(train, "jit_compile", False))
+
+    def _should_record(self) -> Any:
+        """The recording condition, evaluated where a summary is written.
+
+        Inside a traced function it is a tensor: this callback's switch (off
+        during validation and after fit, so a function that captured this
+        callback's writer never writes to it later) and, for `update_freq=N`,
+        whether the step being computed is a multiple of N. Eagerly (another
+        callback writing its own summaries) it defers to the previous
+        condition, except during a `run_eagerly` train execution.
+        """
+        if not tf.inside_function() and not self._in_execution:
+            previous = self._previous_recording
+            previous = previous() if callable(previous) else previous
+            return True if previous is None else previous
+        record = tf.convert_to_tensor(self._record_var)
+        if self.update_freq == 1:
+            return record
+        step = tf.convert_to_tensor(_NextStep(self._step_var))
+        return tf.logical_and(record, tf.equal(tf.math.floormod(step, self.update_freq), 0))
+
+    def _push_summary_state(self) -> None:
+        """Makes the train writer the default, with a graph-read step and condition.
+
+        The engine traces its train function inside fit, so what is default
+        here is what the function captures; `_pop_summary_state` restores
+        the previous writer, step and condition. With update_freq="epoch"
+        (or XLA, or on a non-chief worker) nothing is pushed, as in tf.keras:
+        a user's own default writer and `record_if` stay in charge.
+        """
+        iterations = self._iterations()
+        if not self._in_model_summaries() or iterations is None:
+            return
+        self._step_var = _as_tf_variable(iterations)
+        if self._record_var is None:
+            with tf.init_scope():
+                self._record_var = tf.Variable(False, trainable=False, name="tensorboard_record")
+        self._record_var.assign(True)
+        self._recording_in_model = True
+        # The train writer may now be captured by a traced function: it stays
+        # open for later fits with this callback (see on_train_end).
+        self._keep_train_writer = True
+        self._previous_recording = _current_recording_condition()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._writer("train").as_default(step=_NextStep(self._step_var)))
+        stack.enter_context(tf.summary.record_if(self._should_record))
+        self._summary_stack = stack
+
+    def _pop_summary_state(self) -> None:
+        self._recording_in_model = False
+        if self._record_var is not None:
+            self._record_var.assign(False)
+        if self._summary_stack is not None:
+            stack, self._summary_stack = self._summary_stack, None
+            stack.close()
+
+    # -- graph and profiler --------------------------------------------------
+
+    def _start_graph_trace(self) -> None:
+        try:
+            tf.summary.trace_on(graph=True, profiler=False)
+            self._tracing_graph = True
+        except Exception as e:  # noqa: BLE001 - the graph is optional
+            warnings.warn(
+                f"TensorBoard could not trace the train function's graph: {e}", stacklevel=3
+            )
+
+    def _export_graph(self) -> None:
+        self._tracing_graph = False
+        try:
+            with self._writer("train").as_default(), tf.summary.record_if(True):
+                tf.summary.trace_export(name="train_function", step=0)
+        except Exception as e:  # noqa: BLE001 - the graph is optional
+            warnings.warn(
+                f"TensorBoard could not write the train function's graph: {e}", stacklevel=3
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                tf.summary.trace_off()
+
+    def _start_profiler(self) -> None:
+        self._profile_done = True
+        try:
+            tf.profiler.experimental.start(self._train_dir)
+            self._profiling = True
+        except Exception as e:  # noqa: BLE001 - e.g. another profiler is running
+            warnings.warn(f"TensorBoard could not start the profiler: {e}", stacklevel=3)
+
+    def _stop_profiler(self) -> None:
+        if not self._profiling:
+            return
+        self._profiling = False
+        try:
+            tf.profiler.experimental.stop()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"TensorBoard could not stop the profiler: {e}", stacklevel=3)
+
+    def _abandon_previous_fit(self) -> None:
+        """Undoes what a fit that raised left behind (the engine skips on_train_end then)."""
+        if self._tracing_graph:
+            self._tracing_graph = False
+            with contextlib.suppress(Exception):
+                tf.summary.trace_off()
+        self._stop_profiler()
+        self._pop_summary_state()
+
+    # -- fit -----------------------------------------------------------------
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._abandon_previous_fit()
+        self._reset_fit_state()
+        self._in_fit = True
+        self._chief = distribute.is_chief(self.model.distribute_strategy)
+        start = self._current_step()
+        self._epoch_start_step = start
+        self._last_logged_step = start
+        self._push_summary_state()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # One host read per epoch (the device is idle after the last epoch's
+        # logs were read); batch steps are then counted on the host.
+        self._epoch_start_step = self._current_step()
+        self._epoch_begin_time = time.perf_counter()
+        self._epoch_train_seconds = None
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._in_execution = True
+        if self._first_execution and self.write_graph and self._chief and not self._tracing_graph:
+            self._start_graph_trace()
+        if self._profile_start and self._chief and not self._profiling and not self._profile_done:
+            done = self._epoch_start_step + batch
+            if done >= self._profile_stop:
+                self._profile_done = True  # the window is already behind us
+            elif done + self._steps_per_execution() >= self._profile_start:
+                self._start_profiler()
+        self._exec_begin_batch = batch
+        self._exec_begin_time = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        self._in_execution = False
+        step = self._epoch_start_step + batch + 1  # host count; no device read
+        first = self._first_execution
+        self._first_execution = False
+        if self._tracing_graph:
+            self._export_graph()
+        if not first:  # the first execution includes tracing and compilation
+            self._rate_steps += batch + 1 - self._exec_begin_batch
+            self._rate_seconds += now - self._exec_begin_time
+        if self.update_freq != "epoch" and self._crossed(step):
+            self._log_batch(logs, now)
+        if self._profiling and step >= self._profile_stop:
+            self._stop_profiler()
+
+    def _crossed(self, step: int) -> bool:
+        """True when a multiple of `update_freq` was passed since the last batch log."""
+        n = self.update_freq
+        crossed = step // n > self._last_logged_step // n
+        if crossed:
+            self._last_logged_step = step
+        return crossed
+
+    def _log_batch(self, logs: Mapping[str, Any] | None, end_time: float) -> None:
+        # Every worker reads (a collective across workers); only the chief writes.
+        values = dict(logs or {})
+        steps, seconds = self._rate_steps, self._rate_seconds
+        self._rate_steps, self._rate_seconds = 0, 0.0
+        if not self._chief:
+            return
+        step = self._current_step()
+        if self.write_steps_per_second and steps:
+            # Reading the logs synchronised the device: include the wait.
+            seconds += time.perf_counter() - end_time
+            if seconds > 0:
+                values["steps_per_second"] = steps / seconds
+                batch_size = (self.params or {}).get("batch_size")
+                if batch_size:
+                    values["examples_per_second"] = steps * batch_size / seconds
+        self._write_scalars("train", "batch_", values, step)
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._in_fit:
+            if self._epoch_train_seconds is None:
+                self._epoch_train_seconds = time.perf_counter() - self._epoch_begin_time
+            # Validation steps do not advance the optimizer: no in-model summaries.
+            if self._record_var is not None:
+                self._record_var.assign(False)
+        else:
+            self._chief = distribute.is_chief(self.model.distribute_strategy)
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._in_fit:
+            if self._recording_in_model:
+                self._record_var.assign(True)
+            return
+        # evaluate() on its own: Keras logs against the optimizer's step.
+        if self._chief and logs:
+            step = self._current_step()
+            writer = self._writer("validation")
+            with writer.as_default(), tf.summary.record_if(True):
+                for name, value in logs.items():
+                    number = _to_float(value)
+                    if number is not None:
+                        tf.summary.scalar(f"evaluation_{name}_vs_iterations", number, step=step)
+            self._close_writers(keep_train=self._keep_train_writer)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if not self._chief:
+            return
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[len("val_") :]: v for k, v in logs.items() if k.startswith("val_")}
+        if "learning_rate" not in train:
+            lr = self._learning_rate()
+            if lr is not None:
+                train["learning_rate"] = lr
+        if self.write_steps_per_second:
+            seconds = self._epoch_train_seconds
+            if seconds is None:
+                seconds = time.perf_counter() - self._epoch_begin_time
+            steps = self._current_step() - self._epoch_start_step
+            if seconds > 0 and steps > 0:
+                train["steps_per_second"] = steps / seconds
+        self._write_scalars("train", "epoch_", train, epoch)
+        if val:
+            self._write_scalars("validation", "epoch_", val, epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(epoch)
+        # Once an epoch, so a running TensorBoard shows it now rather than
+        # after the writer's 2-minute flush interval.
+        for writer in self._writers.values():
+            writer.flush()
+
+    def _log_weights(self, epoch: int) -> None:
+        """Histograms (and with write_images, 2-D kernels as images) at step=epoch."""
+        seen: dict[str, int] = {}
+        with self._writer("train").as_default(), tf.summary.record_if(True):
+            for variable in self.model.trainable_variables:
+                tag = _variable_tag(variable)
+                count = seen.get(tag, 0)
+                seen[tag] = count + 1
+                if count:
+                    tag = f"{tag}_{count}"
+                value = tf.convert_to_tensor(_as_tf_variable(variable))
+                tf.summary.histogram(tag, value, step=epoch)
+                if self.write_images and value.shape.rank == 2:
+                    image = tf.cast(value, tf.float32)
+                    low, high = tf.reduce_min(image), tf.reduce_max(image)
+                    image = tf.math.divide_no_nan(image - low, high - low)
+                    image = tf.reshape(image, [1, value.shape[0], value.shape[1], 1])
+                    tf.summary.image(f"{tag}_image", image, step=epoch)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._abandon_previous_fit()
+        self._in_fit = False
+        self._in_execution = False
+        # A train writer that a traced function may have captured stays open
+        # (flushed): closing it would make the next fit with this callback write
+        # to a closed writer. Everything else is closed.
+        self._close_writers(keep_train=self._keep_train_writer)
+
+    def close(self) -> None:
+        """Closes every writer; later fits with this callback get fresh ones.
+
+        A function traced while the old train writer was default keeps
+        referring to it, so in-model summaries stop for that function (its
+        recording switch stays off); epoch and batch logs carry on.
+        """
+        self._abandon_previous_fit()
+        if self._record_var is not None:
+            self._record_var.assign(False)
+            self._record_var = None
+        self._keep_train_writer = False
+        self._close_writers()
+
+
+def _current_recording_condition() -> Any:
+    """The `record_if` condition in force before this callback pushed its own.
+
+    TF has no public getter for it; None (record) when the internals moved.
+    """
+    try:
+        from tensorflow.python.ops import summary_ops_v2
+
+        return summary_ops_v2._summary_state.is_recording
+    except (ImportError, AttributeError):
+        return None

@@ -138,3 +138,23 @@ def test_one_trace_per_function_across_ragged_last_batch_and_epochs():
     executor = model._executor
     assert executor.train._fn.experimental_get_tracing_count() == 1
     assert executor.test._fn.experimental_get_tracing_count() == 1
+
+
+def test_steps_per_execution_auto_tunes_from_step_time():
+    x, y = _data(n=640)
+    model = tfk.Model(_net())
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution="auto")
+    calls = []
+
+    class Count(tfk.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            calls.append(batch)
+
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Count()])
+    tuner = model._spe_tuner
+    assert tuner.tuned and tuner.current > 1  # tiny steps: many per execution
+    assert int(model.optimizer.iterations.numpy()) == 2 * 80  # no step lost or added
+    assert len(calls) < 2 * 80  # fewer executions than steps
+    assert model._executor.train._fn.experimental_get_tracing_count() == 1  # never retraced
+    with pytest.raises((TypeError, ValueError), match="steps_per_execution"):
+        model.compile(loss="mse", steps_per_execution="fast")

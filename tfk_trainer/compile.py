@@ -256,7 +256,7 @@ class CompileConfig:
     metrics: list
     weighted_metrics: list
     run_eagerly: bool
-    steps_per_execution: int
+    steps_per_execution: int | str
     jit_compile: bool | str
     auto_scale_loss: bool
 
@@ -293,11 +293,14 @@ def check_compile_args(
     weighted_list = _check_metric_entries(weighted_metrics, "weighted_metrics")
     if not isinstance(run_eagerly, bool):
         raise TypeError(f"`run_eagerly` must be a bool; received {run_eagerly!r}.")
-    if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int):
+    if steps_per_execution == "auto":
+        pass  # tuned from measured step time: engine/tuning.py
+    elif isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int):
         raise TypeError(
-            f"`steps_per_execution` must be a positive int; received {steps_per_execution!r}."
+            f'`steps_per_execution` must be a positive int or "auto"; received '
+            f"{steps_per_execution!r}."
         )
-    if steps_per_execution < 1:
+    elif steps_per_execution < 1:
         raise ValueError(
             f"`steps_per_execution` must be a positive int; received {steps_per_execution}."
         )

@@ -37,6 +37,7 @@ from tfk_trainer.engine.loop import (
     check_validation_freq,
     drop_padding,
 )
+from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
 # Attributes of the engine itself, never walked for the network's variables.
 _ENGINE_ATTRS = frozenset(
@@ -50,6 +51,7 @@ _ENGINE_ATTRS = frozenset(
         "_objectives",
         "_position",
         "_resume_from",
+        "_spe_tuner",
     }
 )
 
@@ -192,6 +194,7 @@ class Model(tf.Module):
         self._output_trackers: list = []
         self.stop_training = False
         self.history = None
+        self._spe_tuner = None
         self._position = None  # engine.loop.Position of the running fit
         self._resume_from = None  # a Position a restored backup asks fit to resume at
         self._strategy = None
@@ -419,6 +422,7 @@ class Model(tf.Module):
                 config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
         self._strategy = strategy
         self._compile_config = config
+        self._spe_tuner = StepsPerExecutionTuner() if steps_per_execution == "auto" else None
         self.optimizer = config.optimizer
         self._objectives = None
         self._loss_tracker = None
@@ -439,7 +443,16 @@ class Model(tf.Module):
 
     @property
     def _test_steps_per_execution(self) -> int:
-        return self._compile_config.steps_per_execution
+        return self._steps_per_execution()
+
+    def _steps_per_execution(self) -> int:
+        """The current steps per execution (tuned when compiled with "auto")."""
+        config = self._compile_config
+        if config is None:
+            return 1
+        if config.steps_per_execution == "auto":
+            return self._spe_tuner.current
+        return config.steps_per_execution
 
     def _build_network(self, x_spec: Any) -> None:
         """Creates the network's variables and the predict function.

@@ -9,6 +9,7 @@ which step index. Numbers stay on the device until a reader needs them.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ class Driver:
         callbacks.on_predict_begin()
         plan.adapter.on_epoch_begin(0)
         iterator = iterators.for_epoch(0)
-        spe = model._compile_config.steps_per_execution if model._compile_config else 1
+        spe = model._steps_per_execution()
         chunks: list[Any] = []
         step = 0
         while plan.steps is None or step < plan.steps:
@@ -216,7 +217,9 @@ class Driver:
         validation_freq: Any,
     ) -> None:
         model = self.model
-        spe = model._compile_config.steps_per_execution
+        tuner = model._spe_tuner
+        if tuner is not None:
+            tuner.reset_for_fit()
         adapter = plan.adapter
         model.stop_training = False
         position = Position(
@@ -251,8 +254,11 @@ class Driver:
             position.epoch, position.step = epoch, step
             ran_out = False
             while plan.steps is None or step < plan.steps:
+                spe = model._steps_per_execution()
                 requested = spe if plan.steps is None else min(spe, plan.steps - step)
                 callbacks.on_train_batch_begin(step)
+                timing = tuner is not None and tuner.measuring
+                started = time.perf_counter() if timing else 0.0
                 try:
                     ran_t = _execute(
                         model._executor.train,
@@ -260,6 +266,8 @@ class Driver:
                         iterator,
                         tf.constant(requested, tf.int64),
                     )
+                    if timing:
+                        tuner.observe(int(ran_t), time.perf_counter() - started)
                 except XlaFallback:
                     if step:
                         raise

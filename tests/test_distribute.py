@@ -154,3 +154,50 @@ def test_two_worker_cluster_matches_one_process(tmp_path):
             workers[0][key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key
         )
     assert workers[0]["predictions"].shape == (100, 3)
+
+
+@pytest.mark.timeout(400)
+def test_killed_worker_fails_fast_and_the_cluster_resumes_from_backup(tmp_path):
+    worker = os.path.join(os.path.dirname(__file__), "workers", "mwms_slow_fit.py")
+
+    def launch():
+        ports = [portpicker.pick_unused_port() for _ in range(2)]
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        procs = []
+        for index in range(2):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+            env["TF_CONFIG"] = json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, worker, str(tmp_path)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        return procs
+
+    procs = launch()
+    deadline = time.monotonic() + 200
+    while not (tmp_path / "running1").exists():
+        assert time.monotonic() < deadline and procs[1].poll() is None, "cluster never started"
+        time.sleep(0.1)
+    procs[1].kill()
+    killed_at = time.monotonic()
+    out, _ = procs[0].communicate(timeout=120)  # must not hang
+    assert time.monotonic() - killed_at < 90
+    assert procs[0].returncode == 3, out[-3000:]
+    assert "worker of the cluster is unavailable" in out
+    procs[1].communicate()
+    assert tf.train.latest_checkpoint(str(tmp_path / "backup"))
+
+    for name in ("running0", "running1"):
+        (tmp_path / name).unlink(missing_ok=True)
+    procs = launch()
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "DONE iterations=48" in out  # 3 epochs x 16 steps, resumed, none repeated

@@ -105,10 +105,24 @@ class Position:
     data_seed: int | None = None  # the array adapter's shuffle seed
 
 
+class PeerUnavailableError(RuntimeError):
+    """A worker of a multi-worker cluster died or became unreachable."""
+
+
 def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
-    """Runs one execution; a Python producer's exception surfaces as itself."""
+    """Runs one execution; a Python producer's exception surfaces as itself, and a
+    lost cluster peer as a `PeerUnavailableError` that says what to do."""
     try:
         return function(*args)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+        adapter.raise_pending_error()
+        raise PeerUnavailableError(
+            "Training stopped because a worker of the cluster is unavailable (it crashed, "
+            "was preempted or lost its network): "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}. Restart every "
+            "worker with the same command; with BackupAndRestore training resumes from the "
+            "last backup."
+        ) from e
     except tf.errors.OpError:
         adapter.raise_pending_error()
         raise

@@ -1,0 +1,187 @@
+"""The command-line flags of `tfk-train`, and how they override the config.
+
+`--config=path/to/file.py` names an ml_collections config file (executed to
+get its `get_config()`; only that path is read), and `--config.a.b=value`
+overrides one key. ml_collections parses override values literally by the
+key's type: nothing on the command line is ever evaluated as code.
+
+Flags that duplicate a config key (`--strategy`, `--tpu`, `--seed`,
+`--steps_per_execution`, `--mixed_precision`, `--continuous_eval_timeout`)
+override it when given on the command line; otherwise the config decides.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from absl import flags
+from ml_collections import config_flags
+
+from tfk_trainer import distribute
+from tfk_trainer.train import config as config_lib
+
+FLAGS = flags.FLAGS
+
+# Flag name -> the config key it overrides when given.
+FLAG_TO_CONFIG = {
+    "strategy": "runtime.strategy",
+    "tpu": "runtime.tpu",
+    "seed": "runtime.seed",
+    "steps_per_execution": "train.steps_per_execution",
+    "mixed_precision": "runtime.mixed_precision",
+    "continuous_eval_timeout": "eval.continuous_timeout",
+}
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to an ml_collections config file defining get_config(); override keys with "
+    "--config.section.key=value (e.g. --config.train.epochs=3).",
+    lock_config=True,
+)
+flags.DEFINE_string(
+    "model_dir", None, "Where checkpoints, logs, the export and the summaries are written."
+)
+flags.DEFINE_enum(
+    "mode",
+    "train_and_evaluate",
+    list(config_lib.MODES),
+    "train: fit, checkpoint, export. train_and_evaluate: also evaluate the test split at "
+    "the end (the default). evaluate: the latest checkpoint on the test split. "
+    "continuous_evaluate: every new checkpoint until training is done. predict: "
+    "model_dir/predictions.npy for the test split. export: the latest checkpoint as a "
+    "SavedModel in model_dir/export.",
+)
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    list(distribute.NAMES),
+    "tf.distribute strategy (tfk.distribute.resolve); overrides runtime.strategy when given.",
+)
+flags.DEFINE_string(
+    "tpu", None, 'For --strategy=tpu: "local", a TPU name or grpc://host:port (runtime.tpu).'
+)
+flags.DEFINE_integer("seed", None, "Random seed (runtime.seed).", lower_bound=0)
+flags.DEFINE_integer(
+    "steps_per_execution",
+    None,
+    "Train steps per tf.function call (train.steps_per_execution).",
+    lower_bound=1,
+)
+flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    list(config_lib.MIXED_PRECISION),
+    "Keras dtype policy; overrides runtime.mixed_precision when given.",
+)
+flags.DEFINE_float(
+    "continuous_eval_timeout",
+    None,
+    "continuous_evaluate: seconds to wait for a new checkpoint before giving up "
+    "(eval.continuous_timeout).",
+    lower_bound=0.0,
+)
+flags.mark_flags_as_required(["config", "model_dir"])
+
+
+class UsageError(Exception):
+    """A flag or override is wrong; the message says which and what is accepted."""
+
+
+def _override_paths(argv: list[str]) -> list[tuple[str, str]]:
+    """`(argument, dotted key)` for every --config.<key> override in argv."""
+    out = []
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        for prefix in ("--config.", "-config."):
+            if arg.startswith(prefix):
+                out.append((arg, arg[len(prefix) :].split("=", 1)[0]))
+    return out
+
+
+def _explain_override(argv: list[str], config: Any) -> str | None:
+    """Names the override whose key the config lacks, with what it has there."""
+    import difflib
+
+    for arg, path in _override_paths(argv):
+        node, walked = config, []
+        for part in path.split("."):
+            if not hasattr(node, "keys"):
+                return (
+                    f"{arg.split('=', 1)[0]}: '{'.'.join(walked)}' is a value "
+                    f"({type(node).__name__}), not a section; it has no key '{part}'."
+                )
+            keys = list(node.keys())
+            if part not in keys:
+                where = "'" + ".".join(walked) + "'" if walked else "the config"
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f' Did you mean "{".".join([*walked, close[0]])}"?' if close else ""
+                listing = f" Keys in {where}: {sorted(keys)}." if keys else ""
+                if not close and len(walked) == 1:
+                    elsewhere = [
+                        f"{section}.{part}"
+                        for section in config.keys()
+                        if hasattr(config[section], "keys") and part in config[section]
+                    ]
+                    if elsewhere:
+                        hint = f' Did you mean "{elsewhere[0]}"?'
+
+                return f"{arg.split('=', 1)[0]}: the config has no key '{path}'.{hint}{listing}"
+            node = node[part]
+            walked.append(part)
+    return None
+
+
+def parse(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with clear messages for bad overrides (exit status 2)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - ml_collections raises plain errors
+        message = _explain_override(argv, _config_without_overrides(argv))
+        if message is None:
+            message = f"could not load or override the config: {type(e).__name__}: {e}"
+        _fail(message)
+    raise AssertionError("unreachable")
+
+
+def _config_without_overrides(argv: list[str]) -> Any:
+    """The config as its file defines it (argv parsed again without the overrides)."""
+    overrides = {arg for arg, _ in _override_paths(argv)}
+    stripped = [a for a in argv if a not in overrides]
+    saved = sys.argv
+    sys.argv = stripped  # ml_collections reads the overrides from sys.argv
+    try:
+        FLAGS(stripped)
+        return CONFIG.value
+    except Exception:  # noqa: BLE001 - the file itself is broken: the caller reports that
+        return None
+    finally:
+        sys.argv = saved
+
+
+def _fail(message: str) -> None:
+    print(f"tfk-train: error: {message}", file=sys.stderr)
+    print("Pass --helpshort or --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+def apply_overrides(config: Any) -> dict[str, Any]:
+    """Copies the duplicated flags given on the command line into `config`.
+
+    Returns `{config key: value}` of what was applied.
+    """
+    applied = {}
+    for name, path in FLAG_TO_CONFIG.items():
+        if not FLAGS[name].present:
+            continue
+        section, key = path.split(".")
+        value = FLAGS[name].value
+        if section in config:
+            with config.unlocked():
+                config[section][key] = value
+        applied[path] = value
+    return applied

@@ -1,0 +1,56 @@
+"""`tfk-train`: the absl entry point (also `tools/train.py`).
+
+    tfk-train --config=configs/fashion_mnist_mlp.py --model_dir=/tmp/run \
+        [--mode=train_and_evaluate] [--config.train.epochs=3] [--strategy=mirrored]
+
+Exit status: 0 success; 1 test accuracy below eval.min_accuracy (or
+continuous_evaluate timed out); 2 bad flags or config (nothing ran); 143
+preempted by SIGTERM (the backup is saved: rerun the same command).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import tensorflow as tf
+from absl import app, logging
+
+from tfk_trainer.train import experiment
+from tfk_trainer.train import flags as flags_lib
+from tfk_trainer.train.validation import ConfigError, resolve
+
+FLAGS = flags_lib.FLAGS
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(f"tfk-train: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return experiment.EXIT_USAGE
+    started = time.perf_counter()
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's INFO lines (saver details) are noise here
+        tf.get_logger().setLevel("WARNING")
+    mode, model_dir = FLAGS.mode, os.path.expanduser(FLAGS.model_dir)
+    try:
+        if not model_dir:
+            raise ConfigError(["--model_dir must not be empty."])
+        applied = flags_lib.apply_overrides(flags_lib.CONFIG.value)
+        for key, value in applied.items():
+            print(f"flag overrides config: {key} = {value!r}")
+        config = resolve(flags_lib.CONFIG.value)
+        experiment.precheck(config, model_dir, mode)
+        return experiment.run(mode, config, model_dir, started)
+    except ConfigError as e:
+        print(f"tfk-train: error: {e}", file=sys.stderr)
+        return experiment.EXIT_USAGE
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main, flags_parser=flags_lib.parse)
+
+
+if __name__ == "__main__":
+    run()

@@ -7,7 +7,7 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
 model.fit(x, y, epochs=3, validation_split=0.1)
 """
 
-from tfk_trainer import callbacks, data, datasets, distribute, engine
+from tfk_trainer import callbacks, data, datasets, distribute
 from tfk_trainer.engine.loop import PeerUnavailableError
 from tfk_trainer.model import Model, Sequential
 

@@ -107,7 +107,9 @@ def main() -> None:
         os.path.join(work_dir, "final.npz"),
         *model.get_weights(),
         iterations=np.array(int(model.optimizer.iterations.numpy())),
-        last_loss=np.array(history.history.get("loss", [np.nan])[-1]),  # empty if resumed at the end
+        last_loss=np.array(
+            history.history.get("loss", [np.nan])[-1]
+        ),  # empty if resumed at the end
     )
 
 

@@ -3,8 +3,8 @@
 A checkpoint holds the network, the optimizer (slots, iteration count) and,
 for backups, the metric states and the training position. It is a TF
 object-based checkpoint (`tf.train.Checkpoint`), so it restores across
-strategies: saved on 4 replicas, restored on 1, and back. No pickle is
-involved: only tensors and a JSON-free index.
+strategies: saved on 4 replicas, restored on 1, and back. Only tensors and
+TensorFlow's own index are written: no Python objects are serialised.
 
 Writes are atomic: TensorFlow writes the data and index files under
 temporary names and renames them when complete, and `CheckpointManager`

@@ -1,4 +1,7 @@
-"""Trains an MLP on the real Fashion-MNIST with tfk_trainer (the main job).
+"""Trains an MLP on the real Fashion-MNIST with the tfk_trainer Python API.
+
+The main job (``tools/main_job.sh``) trains the same model with the ``tfk-train``
+binary and ``configs/fashion_mnist_mlp.py``; this example does it by hand.
 
 Reads the data from disk (Debian package ``dataset-fashion-mnist``; see
 ``tfk_trainer.datasets.load_fashion_mnist``), trains with ``tfk.Model.fit``,
@@ -9,7 +12,7 @@ evaluates on the 10,000 test images and writes to ``--model_dir``:
 
 Exits with status 1 if the test accuracy is below the acceptance bar (0.85).
 
-Usage (``tools/main_job.sh`` sets up the environment first):
+Usage (after ``bash tools/setup_env.sh``):
 
   python examples/train_fashion_mnist.py --model_dir=/tmp/tfk_fashion_mnist --epochs=5
 """

@@ -242,3 +242,15 @@ def test_savedmodel_round_trip_in_a_fresh_process(tmp_path):
     assert "float32" in result.stdout and "None, 4" in result.stdout
     with pytest.raises(FileExistsError):
         model.export(str(tmp_path / "serving"))
+
+
+def test_load_checkpoint_from_a_directory_picks_the_newest(tmp_path):
+    model = _small_model()
+    _train(model)
+    model.save_checkpoint(str(tmp_path / "first"))
+    _train(model)
+    model.save_checkpoint(str(tmp_path / "second"))
+    fresh = _small_model()
+    fresh.load_checkpoint(str(tmp_path))
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

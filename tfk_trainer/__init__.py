@@ -8,6 +8,7 @@ model.fit(x, y, epochs=3, validation_split=0.1)
 """
 
 from tfk_trainer import callbacks, data, datasets, distribute
+from tfk_trainer import registry as registry  # models/datasets by name (tfk-train configs)
 from tfk_trainer.engine.loop import PeerUnavailableError
 from tfk_trainer.model import Model, Sequential
 

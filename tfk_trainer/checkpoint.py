@@ -78,6 +78,19 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
     return saved
 
 
+def _newest_prefix(directory: str) -> str | None:
+    """The most recently written checkpoint prefix in `directory` (`save` and
+    ModelCheckpoint write no `checkpoint` pointer file)."""
+    prefixes = [
+        os.path.join(directory, name[: -len(".index")])
+        for name in os.listdir(directory)
+        if name.endswith(".index")
+    ]
+    if not prefixes:
+        return None
+    return max(prefixes, key=lambda p: os.path.getmtime(p + ".index"))
+
+
 def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
     """Restores a checkpoint written by `save` (or a directory holding one).
 
@@ -85,7 +98,7 @@ def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
     written by a different model (shapes or missing variables).
     """
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
+        latest = tf.train.latest_checkpoint(path) or _newest_prefix(path)
         if latest is None:
             raise FileNotFoundError(f"No checkpoint found in the directory {path!r}.")
         path = latest

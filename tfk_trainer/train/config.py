@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from tfk_trainer import registry
+from tfk_trainer import distribute, registry
 
 SECTIONS = ("model", "data", "train", "eval", "runtime")
 MODES = ("train", "evaluate", "train_and_evaluate", "continuous_evaluate", "predict", "export")
@@ -52,12 +52,6 @@ class Field:
     maximum: float | None = None  # exclusive when `exclusive_max`
     exclusive_max: bool = False
     nullable: bool = False  # None accepted (a placeholder)
-
-
-def _strategies() -> tuple[str, ...]:
-    from tfk_trainer import distribute
-
-    return tuple(distribute.NAMES)
 
 
 _INT, _FLOAT, _STR, _BOOL, _SEQ = (int,), (int, float), (str,), (bool,), (tuple, list)
@@ -134,7 +128,9 @@ FIXED: dict[str, dict[str, Field]] = {
         ),
     },
     "runtime": {
-        "strategy": Field("default", _STR, "tfk.distribute.resolve name", choices=None),
+        "strategy": Field(
+            "default", _STR, "tfk.distribute.resolve name", choices=tuple(distribute.NAMES)
+        ),
         "tpu": Field("", _STR, 'TPU for strategy "tpu": "local", a name or grpc://host:port'),
         "seed": Field(0, _INT, "seed for keras.utils.set_random_seed", minimum=0),
         "mixed_precision": Field("none", _STR, "Keras dtype policy", choices=MIXED_PRECISION),
@@ -157,10 +153,6 @@ def fixed_fields(section: str) -> dict[str, Field]:
     """The schema keys of a section (for model/data: the keys every entry has)."""
     if section == "data":
         return dict(DATA_COMMON)
-    if section == "runtime":
-        fields = dict(FIXED["runtime"])
-        fields["strategy"] = Field("default", _STR, fields["strategy"].help, choices=_strategies())
-        return fields
     return dict(FIXED.get(section, {}))
 
 

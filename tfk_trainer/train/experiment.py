@@ -87,6 +87,25 @@ def _config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
+def _training_part(config: Any) -> dict[str, Any]:
+    """The keys that decide what training produces (a finished run is compared on them)."""
+    config = config if isinstance(config, dict) else to_dict(config)
+    return {
+        "model": config.get("model"),
+        "data": config.get("data"),
+        "train": config.get("train"),
+        "seed": (config.get("runtime") or {}).get("seed"),
+    }
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def precheck(config: Any, model_dir: str, mode: str) -> None:
     """Mode-specific checks that need no data or TensorFlow work; raises ConfigError."""
     paths = Paths(model_dir)
@@ -94,15 +113,27 @@ def precheck(config: Any, model_dir: str, mode: str) -> None:
         raise ConfigError([f"--model_dir {model_dir!r} exists and is not a directory."])
     if mode in TRAIN_MODES:
         done = ckpt_lib.read_done_marker(model_dir)
-        if done and done.get("config") not in (None, to_dict(config)):
-            diffs = _config_differences(done["config"], to_dict(config))
-            raise ConfigError(
-                [
-                    f"--model_dir {model_dir!r} holds a finished training run with a different "
-                    f"config ({'; '.join(diffs[:5])}). Use a new --model_dir, or delete this "
-                    "one to start over."
-                ]
-            )
+        if done and done.get("config") is not None:
+            diffs = _config_differences(_training_part(done["config"]), _training_part(config))
+            if diffs:
+                raise ConfigError(
+                    [
+                        f"--model_dir {model_dir!r} holds a finished training run with a "
+                        f"different config ({'; '.join(diffs[:5])}). Use a new --model_dir, or "
+                        "delete this one to start over."
+                    ]
+                )
+        previous = _read_json(paths.config)
+        if os.path.isdir(paths.backup) and previous is not None:
+            diffs = _config_differences(previous.get("model"), to_dict(config)["model"], "model.")
+            if diffs:
+                raise ConfigError(
+                    [
+                        f"--model_dir {model_dir!r} holds an interrupted run (backup/) of a "
+                        f"different model ({'; '.join(diffs[:5])}), which cannot resume. Rerun "
+                        "with the same model config, or use a new --model_dir."
+                    ]
+                )
     elif mode != "continuous_evaluate" and ckpt_lib.latest(paths.checkpoints) is None:
         raise ConfigError(
             [
@@ -122,7 +153,10 @@ def setup_runtime(config: Any) -> tf.distribute.Strategy:
         tf.config.experimental.enable_op_determinism()
     policy = "float32" if runtime.mixed_precision == "none" else runtime.mixed_precision
     keras.config.set_dtype_policy(policy)
-    return tfk.distribute.resolve(runtime.strategy, tpu=runtime.tpu or None)
+    try:
+        return tfk.distribute.resolve(runtime.strategy, tpu=runtime.tpu or None)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError([f"runtime.strategy {runtime.strategy!r}: {e}"]) from None
 
 
 def load_data(config: Any) -> data_lib.Splits:
@@ -315,6 +349,67 @@ def _base_summary(config: Any, mode: str, model_dir: str, strategy: Any) -> dict
     }
 
 
+def _fit_arguments(config: Any, splits: data_lib.Splits) -> tuple[dict[str, Any], bool]:
+    """`model.fit` keyword arguments for the data (no callbacks), and whether there is
+    validation data."""
+    kwargs: dict[str, Any] = {
+        "epochs": config.train.epochs,
+        "verbose": _verbose(config),
+        "steps_per_epoch": config.train.steps_per_epoch or None,
+    }
+    if data_lib.is_arrays(splits.train):
+        kwargs.update(
+            x=splits.train[0],
+            y=splits.train[1],
+            batch_size=config.train.batch_size,
+            shuffle=config.train.shuffle,
+            validation_batch_size=config.eval.batch_size,
+        )
+        if splits.validation is None:
+            kwargs["validation_split"] = config.data.validation_split
+    else:
+        seed = config.runtime.seed if config.train.shuffle else None
+        kwargs["x"] = _batched(splits.train, config.train.batch_size, seed)
+        if splits.validation is None and config.data.validation_split:
+            logging.warning(
+                "data.validation_split applies to array datasets only; dataset %r returned "
+                "a tf.data.Dataset without validation data, so nothing is held out.",
+                config.data.name,
+            )
+    if splits.validation is not None:
+        validation = splits.validation
+        if not data_lib.is_arrays(validation):
+            validation = _batched(validation, config.eval.batch_size)
+        kwargs["validation_data"] = validation
+    has_validation = "validation_data" in kwargs or bool(kwargs.get("validation_split"))
+    return kwargs, has_validation
+
+
+def _train_callbacks(
+    config: Any, paths: Paths, model: tfk.Model, saver: Any, has_validation: bool
+) -> list[Any]:
+    """Backup (first: it restores before the others look at the step), checkpoints,
+    a resume notice, TensorBoard and optional early stopping."""
+    callbacks: list[Any] = [
+        tfk.callbacks.BackupAndRestore(
+            paths.backup, save_freq=config.train.backup_every_steps or "epoch"
+        ),
+        saver,
+        tfk.callbacks.LambdaCallback(on_train_begin=lambda logs: _announce_resume(model)),
+        tfk.callbacks.TensorBoard(
+            paths.logs, update_freq=config.train.tensorboard_every_steps or "epoch"
+        ),
+    ]
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            tfk.callbacks.EarlyStopping(
+                monitor="val_loss" if has_validation else "loss",
+                patience=config.train.early_stopping_patience,
+            )
+        )
+    return callbacks
+
+
 # -- modes -------------------------------------------------------------------
 
 
@@ -341,9 +436,6 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
         paths.checkpoints, config.train.checkpoint_every_steps, config.train.checkpoints_to_keep
     )
     saver.set_model(model)
-    history: dict[str, list] = {}
-    train_seconds = 0.0
-    previous: dict[str, Any] = {}
     if already_done:
         print(
             f"Training in {model_dir} is already complete (step {done.get('global_step')}); "
@@ -351,62 +443,12 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
         )
         _restore(model, splits, ckpt_lib.latest(paths.checkpoints), include_optimizer=True)
         initial_step = int(model.optimizer.iterations.numpy())
-        try:
-            with open(paths.summary) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = {}
+        previous = _read_json(paths.summary) or {}
         history = previous.get("history") or {}
         train_seconds = float(previous.get("train_seconds") or 0.0)
     else:
-        callbacks: list[Any] = [
-            tfk.callbacks.BackupAndRestore(
-                paths.backup, save_freq=config.train.backup_every_steps or "epoch"
-            ),
-            saver,
-            tfk.callbacks.LambdaCallback(on_train_begin=lambda logs: _announce_resume(model)),
-            tfk.callbacks.TensorBoard(
-                paths.logs, update_freq=config.train.tensorboard_every_steps or "epoch"
-            ),
-        ]
-        fit_kwargs: dict[str, Any] = {
-            "epochs": config.train.epochs,
-            "verbose": _verbose(config),
-            "steps_per_epoch": config.train.steps_per_epoch or None,
-            "callbacks": callbacks,
-        }
-        if data_lib.is_arrays(splits.train):
-            fit_kwargs.update(
-                x=splits.train[0],
-                y=splits.train[1],
-                batch_size=config.train.batch_size,
-                shuffle=config.train.shuffle,
-                validation_batch_size=config.eval.batch_size,
-            )
-            if splits.validation is None:
-                fit_kwargs["validation_split"] = config.data.validation_split
-        else:
-            seed = config.runtime.seed if config.train.shuffle else None
-            fit_kwargs["x"] = _batched(splits.train, config.train.batch_size, seed)
-            if splits.validation is None and config.data.validation_split:
-                logging.warning(
-                    "data.validation_split applies to array datasets only; dataset %r returned "
-                    "a tf.data.Dataset without validation data, so nothing is held out.",
-                    config.data.name,
-                )
-        if splits.validation is not None:
-            validation = splits.validation
-            if not data_lib.is_arrays(validation):
-                validation = _batched(validation, config.eval.batch_size)
-            fit_kwargs["validation_data"] = validation
-        has_validation = "validation_data" in fit_kwargs or fit_kwargs.get("validation_split")
-        if config.train.early_stopping_patience:
-            callbacks.append(
-                tfk.callbacks.EarlyStopping(
-                    monitor="val_loss" if has_validation else "loss",
-                    patience=config.train.early_stopping_patience,
-                )
-            )
+        fit_kwargs, has_validation = _fit_arguments(config, splits)
+        fit_kwargs["callbacks"] = _train_callbacks(config, paths, model, saver, has_validation)
         fit_started = time.perf_counter()
         history = model.fit(**fit_kwargs).history
         train_seconds = time.perf_counter() - fit_started

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -84,6 +85,15 @@ flags.DEFINE_float(
 )
 flags.mark_flags_as_required(["config", "model_dir"])
 
+NAMES = ("config", "model_dir", "mode", *FLAG_TO_CONFIG)
+
+
+def show_in_help() -> None:
+    """Lists these flags under --helpshort of the running program (absl shows the key
+    flags of the main module, which is the console script or tools/train.py)."""
+    for name in NAMES:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
 
 class UsageError(Exception):
     """A flag or override is wrong; the message says which and what is accepted."""
@@ -137,15 +147,33 @@ def _explain_override(argv: list[str], config: Any) -> str | None:
 def parse(argv: list[str]) -> list[str]:
     """absl's flag parsing, with clear messages for bad overrides (exit status 2)."""
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - ml_collections raises plain errors
         message = _explain_override(argv, _config_without_overrides(argv))
         if message is None:
-            message = f"could not load or override the config: {type(e).__name__}: {e}"
+            message = f"{_config_arg(argv)}: loading the config failed: {type(e).__name__}: {e}"
         _fail(message)
-    raise AssertionError("unreachable")
+    config = CONFIG.value
+    if not isinstance(config, ml_collections.ConfigDict):
+        error = getattr(type(config), "_ReportError", None) and object.__getattribute__(
+            config, "_error"
+        )
+        if error:  # ml_collections defers a file it could not read to first use
+            _fail(f"{_config_arg(argv)}: could not read the config file: {error}")
+        _fail(
+            f"{_config_arg(argv)}: get_config() must return an ml_collections.ConfigDict; it "
+            f"returned {type(config).__name__}."
+        )
+    return remaining
+
+
+def _config_arg(argv: list[str]) -> str:
+    for arg in argv[1:]:
+        if arg.startswith(("--config=", "-config=")):
+            return arg
+    return "--config"
 
 
 def _config_without_overrides(argv: list[str]) -> Any:

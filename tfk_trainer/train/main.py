@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
+    flags_lib.show_in_help()
     app.run(main, flags_parser=flags_lib.parse)
 
 

@@ -155,6 +155,13 @@ def test_two_worker_cluster_matches_one_process(tmp_path):
         )
     assert workers[0]["predictions"].shape == (100, 3)
 
+    # Only the chief wrote checkpoints, backups, logs and the export.
+    chief, other = tmp_path / "worker_0", tmp_path / "worker_1"
+    for name in ("logs", "checkpoints", "backup", "export"):
+        assert (chief / name).exists() and any((chief / name).iterdir()), name
+    written = [p for p in other.rglob("*") if p.is_file()] if other.exists() else []
+    assert not written, written
+
 
 @pytest.mark.timeout(400)
 def test_killed_worker_fails_fast_and_the_cluster_resumes_from_backup(tmp_path):

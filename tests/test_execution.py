@@ -143,7 +143,9 @@ def test_one_trace_per_function_across_ragged_last_batch_and_epochs():
 def test_steps_per_execution_auto_tunes_from_step_time():
     x, y = _data(n=640)
     model = tfk.Model(_net())
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution="auto")
+    model.compile(
+        optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution="auto"
+    )
     calls = []
 
     class Count(tfk.callbacks.Callback):

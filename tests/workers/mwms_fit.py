@@ -49,7 +49,16 @@ def main() -> None:
             metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")],
             steps_per_execution=2,
         )
-    history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=3, shuffle=False, verbose=0)
+    own_dir = os.path.join(out_dir, f"worker_{index}")  # each worker is given its own directory
+    callbacks = [
+        tfk.callbacks.TensorBoard(os.path.join(own_dir, "logs")),
+        tfk.callbacks.ModelCheckpoint(os.path.join(own_dir, "checkpoints", "ckpt-{epoch}")),
+        tfk.callbacks.BackupAndRestore(os.path.join(own_dir, "backup"), delete_checkpoint=False),
+    ]
+    history = model.fit(
+        x, y, batch_size=GLOBAL_BATCH, epochs=3, shuffle=False, verbose=0, callbacks=callbacks
+    )
+    model.export(os.path.join(own_dir, "export"))
     evaluation = model.evaluate(x, y, batch_size=GLOBAL_BATCH, return_dict=True, verbose=0)
     predictions = model.predict(x[:100], batch_size=GLOBAL_BATCH, verbose=0)
     np.savez(

@@ -36,6 +36,7 @@ from tfk_trainer.engine.loop import (
     Iterators,
     check_validation_freq,
     drop_padding,
+    peer_unavailable,
 )
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
@@ -360,6 +361,21 @@ class Model(tf.Module):
         if verbose == 1 and execution._is_multi_worker(self.distribute_strategy):
             return 2
         return verbose
+
+    def _run_guarded(self, loop: Any, *args, **kwargs) -> Any:
+        """Runs a driver loop; a lost cluster peer becomes a clear `PeerUnavailableError`
+        wherever it surfaces (a step, a metric read, a checkpoint write)."""
+        try:
+            return loop(*args, **kwargs)
+        except tf.errors.OpError as e:
+            clear = (
+                peer_unavailable(e)
+                if execution._is_multi_worker(self.distribute_strategy)
+                else None
+            )
+            if clear is None:
+                raise
+            raise clear from e
 
     def _check_static_batch(self, adapter: Any) -> None:
         replicas = self.distribute_strategy.num_replicas_in_sync
@@ -912,7 +928,8 @@ class Model(tf.Module):
             },
         )
         try:
-            Driver(self).fit_loop(
+            self._run_guarded(
+                Driver(self).fit_loop,
                 plan,
                 callback_list,
                 initial_epoch=initial_epoch,
@@ -965,7 +982,7 @@ class Model(tf.Module):
             all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
         )
         try:
-            logs = Driver(self).evaluate_loop(plan, callback_list)
+            logs = self._run_guarded(Driver(self).evaluate_loop, plan, callback_list)
         finally:
             adapter.close()
         return self._format_results(logs, return_dict)
@@ -998,7 +1015,7 @@ class Model(tf.Module):
             all_callbacks, model=self, params={"verbose": verbose, "epochs": 1, "steps": plan.steps}
         )
         try:
-            return Driver(self).predict_loop(plan, callback_list)
+            return self._run_guarded(Driver(self).predict_loop, plan, callback_list)
         finally:
             adapter.close()
 

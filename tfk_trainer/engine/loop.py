@@ -109,20 +109,29 @@ class PeerUnavailableError(RuntimeError):
     """A worker of a multi-worker cluster died or became unreachable."""
 
 
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+
+
+def peer_unavailable(error: BaseException) -> PeerUnavailableError | None:
+    """The clear error for a collective that failed because a cluster peer is gone."""
+    collective = isinstance(error, tf.errors.InternalError) and "Collective ops is aborted" in str(
+        error
+    )
+    if not (isinstance(error, _PEER_ERRORS) or collective):
+        return None
+    detail = str(error).strip().splitlines()[-1][:300] if str(error).strip() else ""
+    return PeerUnavailableError(
+        "Training stopped because a worker of the cluster is unavailable (it crashed, was "
+        f"preempted or lost its network): {type(error).__name__}: {detail}. Restart every "
+        "worker with the same command; with BackupAndRestore training resumes from the last "
+        "backup."
+    )
+
+
 def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
-    """Runs one execution; a Python producer's exception surfaces as itself, and a
-    lost cluster peer as a `PeerUnavailableError` that says what to do."""
+    """Runs one execution; a Python producer's exception surfaces as itself."""
     try:
         return function(*args)
-    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
-        adapter.raise_pending_error()
-        raise PeerUnavailableError(
-            "Training stopped because a worker of the cluster is unavailable (it crashed, "
-            "was preempted or lost its network): "
-            f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}. Restart every "
-            "worker with the same command; with BackupAndRestore training resumes from the "
-            "last backup."
-        ) from e
     except tf.errors.OpError:
         adapter.raise_pending_error()
         raise

@@ -51,7 +51,7 @@ def _plan(seed=7):
     return plan
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 def test_two_dozen_kills_resume_to_identical_weights(tmp_path):
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
@@ -66,7 +66,7 @@ def test_two_dozen_kills_resume_to_identical_weights(tmp_path):
     survived = []
     for step, phase, sig in _plan():
         proc = _start(work, step, phase)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # generous: CI machines are slow and loaded
         while not (work / "ready").exists():
             if proc.poll() is not None:
                 break  # the backup is already past this point: nothing to kill here

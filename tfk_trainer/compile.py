@@ -123,6 +123,8 @@ def _resolve_named(identifier: str, kind: str, getter, module, argument: str | N
 
 def resolve_loss(identifier: Any, y_true_shape, y_pred_shape) -> keras.losses.Loss:
     """A `keras.losses.Loss` for one output (functions are wrapped, like Keras)."""
+    if isinstance(identifier, type) and issubclass(identifier, keras.losses.Loss):
+        identifier = identifier()  # a class, as Keras accepts
     if isinstance(identifier, keras.losses.Loss):
         return identifier
     if isinstance(identifier, str) and identifier.lower() in _CROSSENTROPY:
@@ -151,6 +153,8 @@ def resolve_metric(
     identifier: Any, y_true_shape, y_pred_shape, argument: str
 ) -> keras.metrics.Metric:
     """A `keras.metrics.Metric` named as the user wrote it."""
+    if isinstance(identifier, type) and issubclass(identifier, keras.metrics.Metric):
+        identifier = identifier()  # a class, as Keras accepts
     if isinstance(identifier, keras.metrics.Metric):
         return identifier
     if isinstance(identifier, str):

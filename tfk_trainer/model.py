@@ -488,7 +488,7 @@ class Model(tf.Module):
                 y_pred = self(dummy, training=False)
             except Exception as e:
                 raise ValueError(
-                    f"Calling the model on inputs shaped like the data failed: "
+                    f"Calling the model on `x` (a batch shaped like the data) failed: "
                     f"{type(e).__name__}: {e}\nInput structure: {x_spec}"
                 ) from e
         state.output_structure = tf.nest.map_structure(
@@ -541,6 +541,8 @@ class Model(tf.Module):
             ]
             if not self.optimizer.built:
                 self.optimizer.build(self._state.trainable)
+        if len(element_spec) > 2:
+            objectives.flatten_weights(element_spec[2])  # unknown output keys: a clear error now
         self._objectives = objectives
         self._state.y_spec = y_spec
         self._state.built = True
@@ -908,7 +910,7 @@ class Model(tf.Module):
                 return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
 
         history = History()
-        user_callbacks = list(callbacks or [])
+        user_callbacks = _callback_list(callbacks)
         # History (and the progress bar) come after the user's callbacks, as in
         # Keras, so keys a callback adds to the epoch logs (learning_rate) are kept.
         all_callbacks = user_callbacks + [history]
@@ -975,7 +977,7 @@ class Model(tf.Module):
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_built(adapter.element_spec)
-        all_callbacks = list(callbacks or [])
+        all_callbacks = _callback_list(callbacks)
         if verbose:
             all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
         callback_list = CallbackList(
@@ -1008,7 +1010,7 @@ class Model(tf.Module):
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_predict_ready(adapter.element_spec)
-        all_callbacks = list(callbacks or [])
+        all_callbacks = _callback_list(callbacks)
         if verbose:
             all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
         callback_list = CallbackList(
@@ -1139,6 +1141,20 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _callback_list(callbacks: Any) -> list:
+    """`callbacks` as a list: None, one callback, or a list/tuple of callbacks."""
+    if callbacks is None:
+        return []
+    if hasattr(callbacks, "set_model") and hasattr(callbacks, "on_epoch_end"):
+        return [callbacks]
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(
+            "`callbacks` must be a list of Callback instances (or one callback); received "
+            f"{type(callbacks).__name__}: {callbacks!r}."
+        )
+    return list(callbacks)
 
 
 def _local_batch(x: Any, valid: Any) -> tf.Tensor:

@@ -249,6 +249,8 @@ class DatasetAdapter(DataAdapter):
         if class_weight is not None and (not isinstance(spec, tuple) or len(spec) < 2):
             raise ValueError("`class_weight` needs targets, but the dataset yields no `y`.")
         cardinality = int(dataset.cardinality())
+        if cardinality == 0:
+            raise ValueError("The tf.data.Dataset passed as `x` is empty (0 batches).")
         self._infinite = cardinality == int(tf.data.INFINITE_CARDINALITY)
         self._num_batches = cardinality if cardinality >= 0 else None
 

@@ -49,7 +49,7 @@ class PyDataset:
     def num_batches(self) -> int | None:
         """Batches per epoch; None for an infinite dataset. Defaults to `len(self)`."""
         if hasattr(self, "__len__"):
-            return len(self)
+            return self.__len__()  # not len(): the adapter checks the value and names it
         raise NotImplementedError(
             "A PyDataset must implement `__len__` or the `num_batches` property "
             "(None for an infinite dataset)."

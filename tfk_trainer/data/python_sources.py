@@ -190,7 +190,12 @@ class PyDatasetAdapter(_PythonSource):
         self._source = f"{argument} (PyDataset)"
         self._dataset = dataset
         self._shuffle = shuffle is True
-        num = dataset.num_batches
+        try:
+            num = dataset.num_batches
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"The PyDataset passed as `{argument}` has an invalid `__len__`/`num_batches`: {e}"
+            ) from None
         if num is not None:
             if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
                 raise ValueError(

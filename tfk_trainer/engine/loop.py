@@ -179,6 +179,11 @@ class Driver:
             if ran < requested:
                 break
         plan.adapter.on_epoch_end(0)
+        if step == 0:
+            raise ValueError(
+                "`evaluate` received no data: the input yielded no batches (an empty dataset, "
+                "generator or `validation_data`)."
+            )
         logs = model._materialized_logs()
         callbacks.on_test_end(logs)
         return logs

@@ -3,7 +3,7 @@
 `EarlyStopping`, `ReduceLROnPlateau`, `LearningRateScheduler`, `CSVLogger`,
 `TerminateOnNaN` and `LambdaCallback` take Keras 3's constructor arguments
 and follow its semantics (the stopping epoch, the learning rates, the CSV
-text and the restored weights equal `keras.Model.fit`'s with Keras's own
+text and the restored weights equal a Keras-trained model's with Keras's own
 classes). Differences are deliberate and confined to failing earlier and
 more clearly:
 

@@ -1027,24 +1027,15 @@ class Model(tf.Module):
 
     # -- single batches ------------------------------------------------------
 
-    def _single_batch_iterator(self, data: tuple):
-        dataset = tf.data.Dataset.from_tensors(data)
-        return iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
-
     def _single_batch(self, x, y, sample_weight, class_weight, argument: str) -> tuple:
         if not structure.is_array_structure(x):
             raise TypeError(
                 f"`x` for {argument}() must be array-like (an array, a tensor, or a list/dict "
                 f"of them); received {type(x).__name__}."
             )
-        adapter = adapters_lib.ArrayAdapter(
-            x, y, sample_weight, batch_size=None, shuffle=False, class_weight=class_weight
+        return adapters_lib.ArrayAdapter(
+            x, y, sample_weight, shuffle=False, class_weight=class_weight, whole_batch=True
         )
-        n = adapter.num_samples
-        adapter = adapters_lib.ArrayAdapter(
-            x, y, sample_weight, batch_size=n, shuffle=False, class_weight=class_weight
-        )
-        return adapter
 
     def _run_single(self, function, adapter) -> Any:
         dataset = adapter.get_dataset()

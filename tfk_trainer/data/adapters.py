@@ -97,7 +97,9 @@ class ArrayAdapter(DataAdapter):
         class_weight: dict | None = None,
         seed: int | None = None,
         static: str | None = None,
+        whole_batch: bool = False,
     ):
+        """`whole_batch=True`: all samples form one batch (the *_on_batch methods)."""
         if static not in (None, "drop", "wrap", "pad"):
             raise ValueError(
                 f'`static` must be None, "drop", "wrap" or "pad"; received {static!r}.'
@@ -118,7 +120,9 @@ class ArrayAdapter(DataAdapter):
         )
         if sample_weight is not None and y is None:
             raise ValueError("`sample_weight` was given without `y`; weights apply to targets.")
-        self._batch_size = min(batch_size or 32, self._num_samples)
+        self._batch_size = (
+            self._num_samples if whole_batch else min(batch_size or 32, self._num_samples)
+        )
         self._shuffle = shuffle
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._class_weight = class_weight

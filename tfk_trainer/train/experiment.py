@@ -498,18 +498,24 @@ def _announce_resume(model: tfk.Model) -> None:
         print(f"Resumed from the backup at step {step}.", flush=True)
 
 
-def _restored_model(config: Any, model_dir: str):
+def _built_model(config: Any):
     strategy = setup_runtime(config)
     splits = load_data(config)
     model = build_model(config, splits, strategy)
     return strategy, splits, model
 
 
-def evaluate(config: Any, model_dir: str, started: float) -> int:
+def _restored_model(config: Any, model_dir: str):
+    """The model of `config`, restored from the latest checkpoint in `model_dir`."""
     paths = Paths(model_dir)
-    strategy, splits, model = _restored_model(config, model_dir)
+    strategy, splits, model = _built_model(config)
     path = ckpt_lib.latest(paths.checkpoints)
     _restore(model, splits, path)
+    return paths, strategy, splits, model, path
+
+
+def evaluate(config: Any, model_dir: str, started: float) -> int:
+    paths, strategy, splits, model, path = _restored_model(config, model_dir)
     results = evaluate_test(model, config, splits)
     summary = _base_summary(config, "evaluate", model_dir, strategy)
     summary.update(
@@ -532,7 +538,7 @@ def evaluate(config: Any, model_dir: str, started: float) -> int:
 def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
     """Evaluates each new checkpoint until the training-done marker appears."""
     paths = Paths(model_dir)
-    strategy, splits, model = _restored_model(config, model_dir)
+    strategy, splits, model = _built_model(config)
     chief = tfk.distribute.is_chief(strategy)
     writer = tf.summary.create_file_writer(os.path.join(paths.logs, "eval")) if chief else None
     timeout, poll = config.eval.continuous_timeout, config.eval.poll_interval
@@ -591,10 +597,7 @@ def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
 
 
 def predict(config: Any, model_dir: str, started: float) -> int:
-    paths = Paths(model_dir)
-    strategy, splits, model = _restored_model(config, model_dir)
-    path = ckpt_lib.latest(paths.checkpoints)
-    _restore(model, splits, path)
+    paths, strategy, splits, model, path = _restored_model(config, model_dir)
     inputs = _test_inputs(config, splits)
     inputs.pop("y", None)
     if not data_lib.is_arrays(splits.test):
@@ -617,10 +620,7 @@ def predict(config: Any, model_dir: str, started: float) -> int:
 
 
 def export(config: Any, model_dir: str, started: float) -> int:
-    paths = Paths(model_dir)
-    strategy, splits, model = _restored_model(config, model_dir)
-    path = ckpt_lib.latest(paths.checkpoints)
-    _restore(model, splits, path)
+    paths, strategy, splits, model, path = _restored_model(config, model_dir)
     export_dir = export_model(model, paths, strategy)
     summary = _base_summary(config, "export", model_dir, strategy)
     summary.update(

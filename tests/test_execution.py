@@ -153,10 +153,81 @@ def test_steps_per_execution_auto_tunes_from_step_time():
             calls.append(batch)
 
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Count()])
-    tuner = model._spe_tuner
+    tuner = model._execution_lengths.tuner("train", observed=True)
     assert tuner.tuned and tuner.current > 1  # tiny steps: many per execution
     assert int(model.optimizer.iterations.numpy()) == 2 * 80  # no step lost or added
     assert len(calls) < 2 * 80  # fewer executions than steps
     assert model._executor.train._fn.experimental_get_tracing_count() == 1  # never retraced
     with pytest.raises((TypeError, ValueError), match="steps_per_execution"):
         model.compile(loss="mse", steps_per_execution="fast")
+
+
+def _count_executions(model):
+    """Wraps the compiled train/test/predict functions to count calls."""
+    counts = {"train": 0, "test": 0, "predict": 0}
+    executor = model._executor
+    for kind in counts:
+        inner = getattr(executor, kind)
+
+        def counted(*args, _inner=inner, _kind=kind):
+            counts[_kind] += 1
+            return _inner(*args)
+
+        setattr(executor, kind, counted)
+    return counts
+
+
+def _folding_model(fold: bool):
+    model = tfk.Model(_net())
+    model.fold_executions = fold
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_unobserved_executions_fold_and_give_identical_numbers():
+    """With no per-batch observer, spe=1 runs many steps per call; the numbers do not change."""
+    x, y = _data(n=2000)
+    results = {}
+    for fold in (False, True):
+        model = _folding_model(fold)
+        model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)  # builds the executor
+        counts = _count_executions(model)
+        history = model.fit(
+            x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x, y)
+        ).history
+        predictions = model.predict(x, batch_size=8, verbose=0)
+        results[fold] = (history, model.get_weights(), predictions, dict(counts))
+        assert int(model.optimizer.iterations.numpy()) == 2 + 2 * 250  # no step lost or added
+    plain, folded = results[False], results[True]
+    assert plain[3] == {"train": 500, "test": 500, "predict": 250}  # one step per call
+    assert folded[3]["train"] < 100 and folded[3]["test"] < 100 and folded[3]["predict"] < 60
+    assert plain[0] == folded[0]  # bit-identical histories
+    for a, b in zip(plain[1], folded[1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain[2], folded[2])
+
+
+class _EveryBatch(tfk.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(batch)
+
+
+def test_a_batch_observer_keeps_the_compiled_length(tmp_path):
+    x, y = _data(n=400)
+    watcher = _EveryBatch()
+    model = _folding_model(True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[watcher])
+    assert watcher.batches == list(range(50))  # every batch seen, as Keras does
+    # The progress bar and epoch-only TensorBoard are content with a time interval...
+    assert tfk.callbacks.ProgbarLogger().coarse_batch_hooks
+    assert tfk.callbacks.TensorBoard(str(tmp_path)).coarse_batch_hooks
+    # ...batch-level TensorBoard logging and profiling are not.
+    assert not tfk.callbacks.TensorBoard(str(tmp_path), update_freq="batch").coarse_batch_hooks
+    assert not tfk.callbacks.TensorBoard(str(tmp_path), profile_batch=2).coarse_batch_hooks
+    counts = _count_executions(model)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=1)  # the progress bar alone: folded
+    assert counts["train"] < 25

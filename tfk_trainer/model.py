@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfk_trainer import compile as compile_lib
+from tfk_trainer import distribute
 from tfk_trainer.callbacks.base import CallbackList
 from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
@@ -38,7 +39,7 @@ from tfk_trainer.engine.loop import (
     drop_padding,
     peer_unavailable,
 )
-from tfk_trainer.engine.tuning import StepsPerExecutionTuner
+from tfk_trainer.engine.tuning import ExecutionLengths
 
 # Attributes of the engine itself, never walked for the network's variables.
 _ENGINE_ATTRS = frozenset(
@@ -52,7 +53,8 @@ _ENGINE_ATTRS = frozenset(
         "_objectives",
         "_position",
         "_resume_from",
-        "_spe_tuner",
+        "_execution_lengths",
+        "fold_executions",
     }
 )
 
@@ -195,7 +197,9 @@ class Model(tf.Module):
         self._output_trackers: list = []
         self.stop_training = False
         self.history = None
-        self._spe_tuner = None
+        # Longer executions when no callback watches every batch (engine/tuning.py).
+        self.fold_executions = True
+        self._execution_lengths = ExecutionLengths()
         self._position = None  # engine.loop.Position of the running fit
         self._resume_from = None  # a Position a restored backup asks fit to resume at
         self._strategy = None
@@ -438,7 +442,10 @@ class Model(tf.Module):
                 config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
         self._strategy = strategy
         self._compile_config = config
-        self._spe_tuner = StepsPerExecutionTuner() if steps_per_execution == "auto" else None
+        self._execution_lengths = ExecutionLengths(
+            config.steps_per_execution,
+            can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
+        )
         self.optimizer = config.optimizer
         self._objectives = None
         self._loss_tracker = None
@@ -456,19 +463,6 @@ class Model(tf.Module):
     @property
     def _executor(self) -> _Executor:
         return self._state.executor
-
-    @property
-    def _test_steps_per_execution(self) -> int:
-        return self._steps_per_execution()
-
-    def _steps_per_execution(self) -> int:
-        """The current steps per execution (tuned when compiled with "auto")."""
-        config = self._compile_config
-        if config is None:
-            return 1
-        if config.steps_per_execution == "auto":
-            return self._spe_tuner.current
-        return config.steps_per_execution
 
     def _build_network(self, x_spec: Any) -> None:
         """Creates the network's variables and the predict function.

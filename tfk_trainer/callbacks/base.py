@@ -15,7 +15,17 @@ from typing import Any
 
 
 class Callback:
-    """Base class for callbacks, Keras-compatible (same hooks, same attributes)."""
+    """Base class for callbacks, Keras-compatible (same hooks, same attributes).
+
+    `coarse_batch_hooks`: True when the callback's batch hooks only need to
+    run every so often (the progress bar refreshes on a time interval), not
+    at every batch. A run whose batch hooks are all coarse lets the engine
+    run many steps per execution whatever `steps_per_execution` says (see
+    `tfk_trainer.engine.tuning`); the hooks then see every execution's last
+    batch.
+    """
+
+    coarse_batch_hooks: bool = False
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -168,6 +178,15 @@ class CallbackList:
 
     def wants_batch(self, hook: str) -> bool:
         return bool(self._batch_hooks[hook])
+
+    def watches_every_batch(self, mode: str) -> bool:
+        """True when a callback needs every batch boundary of `mode` ("train", "test", "predict")."""
+        hooks = (f"on_{mode}_batch_begin", f"on_{mode}_batch_end")
+        return any(
+            not getattr(cb, "coarse_batch_hooks", False)
+            for hook in hooks
+            for cb in self._batch_hooks[hook]
+        )
 
     def _batch(self, hook: str, batch: int, logs: Any) -> None:
         for cb in self._batch_hooks[hook]:

@@ -27,6 +27,8 @@ def resolve_verbose(verbose) -> int:
 
 
 class ProgbarLogger(Callback):
+    coarse_batch_hooks = True  # refreshes at most every `interval` seconds
+
     def __init__(self, verbose: int = 1, interval: float = 0.1):
         super().__init__()
         self.verbose = verbose

@@ -274,9 +274,15 @@ class TensorBoard(Callback):
             return 0
         return int(np.asarray(tf.convert_to_tensor(_as_tf_variable(iterations)).numpy()))
 
+    @property
+    def coarse_batch_hooks(self) -> bool:
+        """Epoch-only logging needs no batch boundaries (rates are sums over executions)."""
+        return self.update_freq == "epoch" and not self._profile_start
+
     def _steps_per_execution(self) -> int:
         config = getattr(self.model, "_compile_config", None)
-        return int(getattr(config, "steps_per_execution", 1) or 1)
+        value = getattr(config, "steps_per_execution", 1)
+        return value if isinstance(value, int) and value > 0 else 1  # "auto": tuned, >= 1
 
     def _learning_rate(self) -> float | None:
         optimizer = getattr(self.model, "optimizer", None)

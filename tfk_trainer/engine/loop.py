@@ -8,6 +8,7 @@ which step index. Numbers stay on the device until a reader needs them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -21,6 +22,7 @@ import tensorflow as tf
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.adapters import DataAdapter
 from tfk_trainer.engine.execution import XlaFallback
+from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
 log = logging.getLogger("tfk_trainer")
 
@@ -137,11 +139,49 @@ def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
         raise
 
 
+@functools.lru_cache(maxsize=256)
+def _steps_tensor(steps: int) -> tf.Tensor:
+    """The execution's step count as a tensor, made once per value (not per call)."""
+    return tf.constant(steps, tf.int64)
+
+
+def _run_execution(
+    function: Callable,
+    adapter: DataAdapter,
+    iterator: Any,
+    requested: int,
+    tuner: StepsPerExecutionTuner | None,
+) -> Any:
+    """One execution of up to `requested` steps; timed (host-synced) while `tuner` measures."""
+    timing = tuner is not None and tuner.measuring
+    started = time.perf_counter() if timing else 0.0
+    out = _execute(function, adapter, iterator, _steps_tensor(requested))
+    if timing:
+        ran = out[0] if isinstance(out, tuple) else out
+        tuner.observe(int(ran), time.perf_counter() - started)
+    return out
+
+
 class Driver:
     """Runs fit, evaluate and predict over a model's compiled functions."""
 
     def __init__(self, model: Any):
         self.model = model
+
+    def _tuner(self, mode: str, callbacks: CallbackList) -> StepsPerExecutionTuner | None:
+        """The tuner that sets this call's execution lengths (None: the compiled value)."""
+        tuner = self.model._execution_lengths.tuner(
+            mode,
+            observed=callbacks.watches_every_batch(mode),
+            fold=self.model.fold_executions,
+        )
+        if tuner is not None:
+            tuner.reset_for_call()
+        return tuner
+
+    def _requested(self, tuner: StepsPerExecutionTuner | None, plan: EpochPlan, step: int) -> int:
+        steps_left = None if plan.steps is None else plan.steps - step
+        return self.model._execution_lengths.steps(tuner, steps_left)
 
     # -- evaluate ----------------------------------------------------------
 
@@ -159,13 +199,13 @@ class Driver:
         plan.adapter.on_epoch_begin(0)
         iterator = iterators.for_epoch(0)
         function = model._executor.test
-        spe = model._test_steps_per_execution
+        tuner = self._tuner("test", callbacks)
         step = 0
         while plan.steps is None or step < plan.steps:
             callbacks.on_test_batch_begin(step)
-            requested = spe if plan.steps is None else min(spe, plan.steps - step)
+            requested = self._requested(tuner, plan, step)
             try:
-                ran_t = _execute(function, plan.adapter, iterator, tf.constant(requested, tf.int64))
+                ran_t = _run_execution(function, plan.adapter, iterator, requested, tuner)
             except XlaFallback:
                 iterator = iterators.reset(0)
                 model.reset_metrics()
@@ -196,18 +236,15 @@ class Driver:
         callbacks.on_predict_begin()
         plan.adapter.on_epoch_begin(0)
         iterator = iterators.for_epoch(0)
-        spe = model._steps_per_execution()
+        tuner = self._tuner("predict", callbacks)
         chunks: list[Any] = []
         step = 0
         while plan.steps is None or step < plan.steps:
             callbacks.on_predict_batch_begin(step)
-            requested = spe if plan.steps is None else min(spe, plan.steps - step)
+            requested = self._requested(tuner, plan, step)
             try:
-                ran_t, outputs = _execute(
-                    model._executor.predict,
-                    plan.adapter,
-                    iterator,
-                    tf.constant(requested, tf.int64),
+                ran_t, outputs = _run_execution(
+                    model._executor.predict, plan.adapter, iterator, requested, tuner
                 )
             except XlaFallback:
                 iterator = iterators.reset(0)
@@ -245,9 +282,7 @@ class Driver:
         validation_freq: Any,
     ) -> None:
         model = self.model
-        tuner = model._spe_tuner
-        if tuner is not None:
-            tuner.reset_for_fit()
+        tuner = self._tuner("train", callbacks)
         adapter = plan.adapter
         model.stop_training = False
         position = Position(
@@ -282,20 +317,12 @@ class Driver:
             position.epoch, position.step = epoch, step
             ran_out = False
             while plan.steps is None or step < plan.steps:
-                spe = model._steps_per_execution()
-                requested = spe if plan.steps is None else min(spe, plan.steps - step)
+                requested = self._requested(tuner, plan, step)
                 callbacks.on_train_batch_begin(step)
-                timing = tuner is not None and tuner.measuring
-                started = time.perf_counter() if timing else 0.0
                 try:
-                    ran_t = _execute(
-                        model._executor.train,
-                        plan.adapter,
-                        iterator,
-                        tf.constant(requested, tf.int64),
+                    ran_t = _run_execution(
+                        model._executor.train, plan.adapter, iterator, requested, tuner
                     )
-                    if timing:
-                        tuner.observe(int(ran_t), time.perf_counter() - started)
                 except XlaFallback:
                     if step:
                         raise

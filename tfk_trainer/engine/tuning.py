@@ -1,12 +1,25 @@
-"""`steps_per_execution="auto"`: pick the number of steps per call from measured step time.
+"""How many steps each execution runs: the compiled value, tuned, or folded.
 
-tf-keras had this; Keras 3 does not. The first execution of a `fit` traces
-and is ignored; the next few run one step each and are timed (forcing a
-host sync, only while tuning). From the median step time the tuner chooses
-enough steps for an execution to last about `target_seconds`, which
-amortises the per-call overhead (Python, function dispatch, host sync)
-without making callbacks and the progress bar sluggish. The number of
-steps is a tensor argument, so changing it never retraces.
+Two things lengthen executions beyond one step:
+
+- `steps_per_execution="auto"` (tf-keras had it; Keras 3 does not): the
+  user asks for the value to be tuned from measured step time.
+- *Folding*: when no callback observes individual batch boundaries (no
+  per-batch hook, or only hooks that are content with a time interval,
+  such as the progress bar), running one step per call would only pay the
+  per-call overhead (Python, function dispatch, host sync) for nothing.
+  The engine then runs longer executions, never shorter than the compiled
+  `steps_per_execution`. The steps, their order and their numbers are the
+  same; only how often Python regains control changes. It is off under
+  multi-worker strategies (every worker must agree on execution lengths,
+  and timings differ between hosts) and with `run_eagerly=True`, and
+  `Model.fold_executions = False` turns it off.
+
+Tuning: the first execution of each call (tracing, compilation) is ignored;
+the next few are timed (forcing a host sync, only while tuning). From the
+median step time the tuner chooses enough steps for an execution to last
+about `target_seconds`. The number of steps is a tensor argument of the
+compiled function, so changing it never retraces.
 """
 
 from __future__ import annotations
@@ -14,13 +27,15 @@ from __future__ import annotations
 import math
 import statistics
 
+MODES = ("train", "test", "predict")
+
 
 class StepsPerExecutionTuner:
     def __init__(
         self,
         *,
         target_seconds: float = 0.05,
-        max_steps: int = 512,
+        max_steps: int = 1024,
         probes: int = 3,
     ):
         self.target_seconds = target_seconds
@@ -31,8 +46,8 @@ class StepsPerExecutionTuner:
         self._skipped_first = False
         self.tuned = False
 
-    def reset_for_fit(self) -> None:
-        """A new fit: keep the tuned value, but re-measure nothing once tuned."""
+    def reset_for_call(self) -> None:
+        """A new fit/evaluate/predict call: its first execution may trace again."""
         self._skipped_first = False
 
     @property
@@ -52,8 +67,36 @@ class StepsPerExecutionTuner:
             self.current = max(1, min(self.max_steps, math.ceil(self.target_seconds / per_step)))
             self.tuned = True
 
-    def steps(self, steps_left: int | None) -> int:
-        value = self.current
+
+class ExecutionLengths:
+    """The steps of the next execution, per mode ("train", "test", "predict").
+
+    `steps_per_execution` is the compiled value (an int, or "auto");
+    `can_fold` is False where executions must keep the compiled length
+    (multi-worker, eager).
+    """
+
+    def __init__(self, steps_per_execution: int | str = 1, *, can_fold: bool = True):
+        self.auto = steps_per_execution == "auto"
+        self.minimum = 1 if self.auto else int(steps_per_execution)
+        self.can_fold = can_fold
+        self._tuners: dict[str, StepsPerExecutionTuner] = {}
+
+    def tuner(
+        self, mode: str, *, observed: bool, fold: bool = True
+    ) -> StepsPerExecutionTuner | None:
+        """The tuner that sets this mode's length, or None for the compiled length.
+
+        `observed`: a callback wants every batch boundary of this mode.
+        """
+        if not self.auto and (observed or not fold or not self.can_fold):
+            return None
+        if mode not in self._tuners:
+            self._tuners[mode] = StepsPerExecutionTuner()
+        return self._tuners[mode]
+
+    def steps(self, tuner: StepsPerExecutionTuner | None, steps_left: int | None = None) -> int:
+        value = self.minimum if tuner is None else max(self.minimum, tuner.current)
         if steps_left is not None:
             value = min(value, steps_left)
         return max(1, value)

@@ -316,3 +316,36 @@ def test_pandas_dataframe_input_is_an_array_like():
     np.testing.assert_allclose(
         reference.predict(pd.DataFrame(X), batch_size=B, verbose=0), expected, rtol=1e-6
     )
+
+
+def _batches(dataset, count):
+    out = []
+    for element in dataset.take(count):
+        out.append(tuple(t.numpy() for t in tf.nest.flatten(element)))
+    return out
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "batch"])
+@pytest.mark.parametrize("repeat", [False, True])
+def test_array_batches_are_the_same_gathered_one_or_many_per_map(shuffle, repeat, monkeypatch):
+    """Small batches are gathered in groups and unbatched: same batches, same order."""
+    from tfk_trainer.data.adapters import ArrayAdapter
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(103, 3)).astype("float32"), np.arange(103)
+
+    def adapter():
+        return ArrayAdapter(x, y, batch_size=8, shuffle=shuffle, seed=5)
+
+    grouped = adapter()
+    assert grouped._group_size() == 16  # 8 rows of 20 bytes: small
+    count = 40 if repeat else 13  # 13 batches per epoch, the last of 7 rows
+    many = _batches(grouped.get_dataset(repeat=repeat, first_epoch=2), count)
+    single = adapter()
+    monkeypatch.setattr(single, "_group_size", lambda: 1)
+    one = _batches(single.get_dataset(repeat=repeat, first_epoch=2), count)
+    assert len(many) == len(one) == count
+    for a, b in zip(many, one):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    assert [len(b[1]) for b in one[:13]] == [8] * 12 + [7]

@@ -318,7 +318,7 @@ def test_pandas_dataframe_input_is_an_array_like():
     )
 
 
-def _batches(dataset, count):
+def _take_batches(dataset, count):
     out = []
     for element in dataset.take(count):
         out.append(tuple(t.numpy() for t in tf.nest.flatten(element)))
@@ -340,12 +340,76 @@ def test_array_batches_are_the_same_gathered_one_or_many_per_map(shuffle, repeat
     grouped = adapter()
     assert grouped._group_size() == 16  # 8 rows of 20 bytes: small
     count = 40 if repeat else 13  # 13 batches per epoch, the last of 7 rows
-    many = _batches(grouped.get_dataset(repeat=repeat, first_epoch=2), count)
+    many = _take_batches(grouped.get_dataset(repeat=repeat, first_epoch=2), count)
     single = adapter()
     monkeypatch.setattr(single, "_group_size", lambda: 1)
-    one = _batches(single.get_dataset(repeat=repeat, first_epoch=2), count)
+    one = _take_batches(single.get_dataset(repeat=repeat, first_epoch=2), count)
     assert len(many) == len(one) == count
     for a, b in zip(many, one):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
     assert [len(b[1]) for b in one[:13]] == [8] * 12 + [7]
+
+
+def _varying_batches(lengths=(5, 5, 7, 3, 3, 9)):
+    """Batch i holds the value i, with its own sequence length."""
+    return [
+        (np.full((4, t, 2), i, "float32"), np.full((4, 1), i, "float32"))
+        for i, t in enumerate(lengths)
+    ]
+
+
+class _ListPyDataset(tfk.data.PyDataset):
+    def __init__(self, batches, **kwargs):
+        super().__init__(**kwargs)
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def _pooling_model():
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)]
+    )
+    model = tfk.Model(net)
+    model.compile("sgd", "mse", steps_per_execution=2)
+    return model
+
+
+@pytest.mark.parametrize("source", ["generator", "pydataset", "pydataset-threads"])
+def test_a_shape_change_mid_epoch_loses_no_batch(source):
+    """Static dims from the first batch; a later different dim is relaxed without losing a batch."""
+    batches = _varying_batches()
+
+    def make():
+        if source == "generator":
+            return lambda: iter(batches)
+        workers = 2 if source == "pydataset-threads" else 1
+        return _ListPyDataset(batches, workers=workers, max_queue_size=3)
+
+    model = _pooling_model()
+    expected = np.concatenate([model.predict_on_batch(x) for x, _ in batches])
+    np.testing.assert_allclose(model.predict(make(), verbose=0), expected, rtol=1e-6)
+    evaluated = model.evaluate(make(), verbose=0, return_dict=True)
+    losses = [float(np.mean((model.predict_on_batch(x) - y) ** 2)) for x, y in batches]
+    assert evaluated["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    model.fit(make(), epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2 * len(batches)
+
+
+def test_python_sources_keep_the_first_batch_dims_when_they_do_not_vary():
+    """A CNN fed by a generator is traced with static image dims (twice as fast on CPU)."""
+    from tfk_trainer.data.python_sources import GeneratorAdapter
+
+    images = [(np.zeros((8, 28, 28, 1), "float32"), np.zeros((8,), "int64"))] * 3
+    adapter = GeneratorAdapter(lambda: iter(images))
+    spec = adapter.get_dataset().element_spec
+    assert spec[0].shape.as_list() == [None, 28, 28, 1]
+    assert spec[1].shape.as_list() == [None]
+    adapter.relax_all_dims()  # what multi-worker strategies get
+    assert adapter.get_dataset().element_spec[0].shape.as_list() == [None, None, None, None]

@@ -54,6 +54,21 @@ class DataAdapter(abc.ABC):
         """True for sources that cannot be read twice (a plain generator)."""
         return False
 
+    @property
+    def can_change_spec(self) -> bool:
+        """Whether a dataset may end early with `spec_changed` (the driver then reads step counts)."""
+        return False
+
+    @property
+    def spec_changed(self) -> bool:
+        """True when the last dataset ended early because later batches changed shape.
+
+        The driver then makes a new iterator (`get_dataset` continues the same
+        data with relaxed shapes) instead of treating the end as end-of-data.
+        Only Python sources do this.
+        """
+        return False
+
     def raise_pending_error(self) -> None:  # noqa: B027 - optional hook
         """Re-raises an exception a Python producer hit (generators, PyDataset workers)."""
 

@@ -1,8 +1,16 @@
 """Python generators and `PyDataset`s, read through `tf.data.Dataset.from_generator`.
 
-Both end as a tf.data pipeline whose element spec comes from the first batch
-with every non-batch dimension relaxed to None, so batches whose shapes vary
-in any dimension flow through one traced step. The first batch is read once
+Both end as a tf.data pipeline whose element spec comes from the first batch:
+the batch dimension is None, the others are the first batch's, so the step
+is traced with static feature shapes (a CNN with unknown spatial dims runs
+about half as fast). When a later batch differs in a dimension, that
+dimension is relaxed to None: the current dataset ends cleanly before that
+batch (`spec_changed` turns True), the driver asks for a new dataset, which
+yields that batch first and then carries on where the old one stopped (the
+same generator, the same PyDataset order), and the step is traced once more
+for the relaxed shapes. No batch is lost, repeated or reordered. Under a
+multi-worker strategy every dimension is relaxed from the start, since the
+workers could not agree on when to switch. The first batch is read once
 and handed on, never replayed (Keras replays its two peeked batches in later
 epochs). A Python exception raised while producing a batch is kept and
 re-raised to the user as itself, not as a TensorFlow error.
@@ -11,6 +19,7 @@ re-raised to the user as itself, not as a TensorFlow error.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import multiprocessing
 import threading
 from collections import deque
@@ -45,6 +54,34 @@ def _relaxed_spec(batch: tuple) -> tuple:
     )
 
 
+def _fits(spec: tuple, batch: tuple) -> bool:
+    """Whether every leaf of `batch` has the non-batch dims that `spec` fixes."""
+    for s, a in zip(tf.nest.flatten(spec), tf.nest.flatten(batch)):
+        dims = s.shape.as_list()[1:]
+        if any(d is not None and d != n for d, n in zip(dims, np.shape(a)[1:])):
+            return False
+    return True
+
+
+def _relax(spec: tuple, batch: tuple) -> tuple:
+    """`spec` with each non-batch dim that `batch` does not share set to None."""
+
+    def relax(s, a):
+        dims = s.shape.as_list()
+        shape = [dims[0]] + [d if d == n else None for d, n in zip(dims[1:], np.shape(a)[1:])]
+        return tf.TensorSpec(shape, s.dtype)
+
+    return tf.nest.map_structure(relax, spec, batch)
+
+
+class _SpecChange(Exception):  # noqa: N818 - a signal inside the producer, never seen by users
+    """A batch did not fit the dataset's shapes: end this dataset before it."""
+
+    def __init__(self, batch: tuple):
+        super().__init__()
+        self.batch = batch
+
+
 def _concrete_spec(batch: tuple) -> tuple:
     return tf.nest.map_structure(
         lambda a: tf.TensorSpec([None] + list(np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)),
@@ -66,6 +103,20 @@ class _PythonSource(DataAdapter):
     def _set_first(self, first: tuple) -> None:
         self._first = first
         self._structure = tf.nest.map_structure(lambda _: None, first)
+        self._spec = _concrete_spec(first)  # what the current dataset yields
+        self._carried: tuple | None = None  # the batch that did not fit, yielded next
+
+    def relax_all_dims(self) -> None:
+        """Every non-batch dim unknown from the start (multi-worker strategies)."""
+        self._spec = _relaxed_spec(self._first)
+
+    @property
+    def can_change_spec(self) -> bool:
+        return True
+
+    @property
+    def spec_changed(self) -> bool:
+        return self._carried is not None
 
     def _check(self, element: Any) -> tuple:
         batch = _normalize(element, self._source)
@@ -83,11 +134,19 @@ class _PythonSource(DataAdapter):
                     f"`{self._source}` yielded a batch whose arrays differ in rank or kind from "
                     f"the first batch: {_describe(batch)} vs {_describe(self._first)}."
                 )
-        return tuple(
+        batch = tuple(
             tf.nest.map_structure(
                 lambda a, s: np.asarray(a, dtype=np.asarray(s).dtype), batch, self._first
             )
         )
+        if not _fits(self._spec, batch):
+            self._spec = _relax(self._spec, batch)
+            raise _SpecChange(batch)
+        return batch
+
+    def _take_carried(self) -> tuple | None:
+        carried, self._carried = self._carried, None
+        return carried
 
     @property
     def element_spec(self) -> tuple:
@@ -97,15 +156,15 @@ class _PythonSource(DataAdapter):
         def generate():
             try:
                 yield from make_iterator()
+            except _SpecChange as change:
+                self._carried = change.batch  # this dataset ends; the next one starts with it
             except GeneratorExit:
                 raise
             except BaseException as e:  # kept and re-raised to the user by `raise_pending_error`
                 self._error = e
                 raise
 
-        dataset = tf.data.Dataset.from_generator(
-            generate, output_signature=_relaxed_spec(self._first)
-        )
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=self._spec)
         if self._class_weight is not None:
             dataset = apply_to_dataset(dataset, self._class_weight)
         return dataset.prefetch(tf.data.AUTOTUNE)
@@ -152,20 +211,24 @@ class GeneratorAdapter(_PythonSource):
         return None
 
     def _batches(self) -> Iterator[tuple]:
+        carried = self._take_carried()
         with self._lock:
-            if self._passes:
-                self._iterator = iter(self._factory())
-                self._pending_first = False
-            self._passes += 1
+            if carried is None:  # a new pass (a carried batch continues the current one)
+                if self._passes:
+                    self._iterator = iter(self._factory())
+                    self._pending_first = False
+                self._passes += 1
             iterator = self._iterator
             if self._pending_first:
                 self._pending_first = False
                 yield tuple(self._first)
+        if carried is not None:
+            yield carried
         for element in iterator:
             yield self._check(element)
 
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        if self._passes and self._factory is None:
+        if self._passes and self._factory is None and not self.spec_changed:
             raise ValueError(
                 f"The generator passed as `{self._source.split()[0]}` was already consumed by an "
                 "earlier epoch: a one-shot generator provides one pass of data. Pass "
@@ -211,6 +274,7 @@ class PyDatasetAdapter(_PythonSource):
         self._executors: list[concurrent.futures.Executor] = []
         self._set_first(_normalize(self._get(0), self._source))
         self._epoch = 0
+        self._remaining: Iterator[int] | None = None  # indices left after a spec change
         self._rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
 
     def _get(self, index: int) -> Any:
@@ -272,23 +336,36 @@ class PyDatasetAdapter(_PythonSource):
         return executor
 
     def _batches(self, repeat: bool) -> Iterator[tuple]:
-        indices = self._indices(repeat)
+        carried = self._take_carried()
+        if carried is None:
+            indices = self._indices(repeat)
+        else:  # continue the interrupted pass: its carried batch, then its other indices
+            indices, self._remaining = self._remaining, None
+            yield carried
         executor = self._executor()
         if executor is None:
             for index in indices:
-                yield self._check(self._get(index))
+                try:
+                    yield self._check(self._get(index))
+                except _SpecChange:
+                    self._remaining = indices
+                    raise
             return
-        pending: deque = deque()
+        pending: deque = deque()  # (index, future)
         fetch = _fetch_item if self._use_processes else self._get
         try:
             for index in indices:
-                pending.append(executor.submit(fetch, index))
+                pending.append((index, executor.submit(fetch, index)))
                 if len(pending) >= self._queue_size:
-                    yield self._check(pending.popleft().result())
+                    yield self._check(pending.popleft()[1].result())
             while pending:
-                yield self._check(pending.popleft().result())
+                yield self._check(pending.popleft()[1].result())
+        except _SpecChange:
+            # The prefetched batches are read again by the next dataset, in order.
+            self._remaining = itertools.chain([i for i, _ in pending], indices)
+            raise
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
             executor.shutdown(wait=True, cancel_futures=True)
             if executor in self._executors:

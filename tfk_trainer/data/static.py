@@ -94,6 +94,14 @@ class StaticShapeAdapter(DataAdapter):
     def on_epoch_end(self, epoch: int) -> None:
         self._inner.on_epoch_end(epoch)
 
+    @property
+    def can_change_spec(self) -> bool:
+        return self._inner.can_change_spec
+
+    @property
+    def spec_changed(self) -> bool:
+        return self._inner.spec_changed
+
     def raise_pending_error(self) -> None:
         self._inner.raise_pending_error()
 

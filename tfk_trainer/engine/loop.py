@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.adapters import DataAdapter
-from tfk_trainer.engine.execution import XlaFallback
+from tfk_trainer.engine.execution import XlaFallback, _is_multi_worker
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
 log = logging.getLogger("tfk_trainer")
@@ -73,6 +73,8 @@ class Iterators:
         self._plan = plan
         self._first_epoch = first_epoch
         self._persistent = None
+        if _is_multi_worker(strategy) and hasattr(plan.adapter, "relax_all_dims"):
+            plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
 
     def _make(self, epoch: int, repeat: bool, skip: int = 0):
         dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
@@ -94,6 +96,25 @@ class Iterators:
         """A fresh iterator after an XLA fallback (nothing was trained)."""
         self._persistent = None
         return self.for_epoch(epoch)
+
+    def continue_after_spec_change(self, epoch: int):
+        """The iterator that carries on after a Python source's batches changed shape.
+
+        The adapter's next dataset continues exactly where the last one
+        stopped, so no skip is needed; for a persistent iterator it replaces
+        the old one for later epochs too.
+        """
+        if not self._plan.persistent:
+            return self._make(epoch, repeat=False)
+        self._persistent = self._make(epoch, repeat=self._plan.adapter.can_repeat)
+        return self._persistent
+
+    def short_execution(self, epoch: int, ran: int, requested: int):
+        """After an execution that ran `ran` of `requested` steps: the iterator to go on
+        with when the data only changed shape, or None when the data really ended."""
+        if ran < requested and self._plan.adapter.spec_changed:
+            return self.continue_after_spec_change(epoch)
+        return None
 
 
 @dataclass
@@ -210,13 +231,19 @@ class Driver:
                 iterator = iterators.reset(0)
                 model.reset_metrics()
                 continue
-            ran = int(ran_t) if plan.steps is None else requested
-            if ran == 0:
+            exact = plan.steps is None or plan.adapter.can_change_spec
+            ran = int(ran_t) if exact else requested
+            renewed = iterators.short_execution(0, ran, requested)
+            if renewed is not None:
+                iterator = renewed
+                if ran == 0:
+                    continue
+            elif ran == 0:
                 break
             step += ran
             if callbacks.wants_batch("on_test_batch_end"):
                 callbacks.on_test_batch_end(step - 1, self._lazy_logs())
-            if ran < requested:
+            if ran < requested and renewed is None:
                 break
         plan.adapter.on_epoch_end(0)
         if step == 0:
@@ -251,14 +278,19 @@ class Driver:
                 chunks.clear()
                 continue
             ran = int(ran_t)
-            if ran == 0:
+            renewed = iterators.short_execution(0, ran, requested)
+            if renewed is not None:
+                iterator = renewed
+                if ran == 0:
+                    continue
+            elif ran == 0:
                 break
             outputs = drop_padding(outputs)
             chunks.append(outputs)
             step += ran
             if callbacks.wants_batch("on_predict_batch_end"):
                 callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
-            if ran < requested:
+            if ran < requested and renewed is None:
                 break
         plan.adapter.on_epoch_end(0)
         callbacks.on_predict_end()
@@ -330,17 +362,24 @@ class Driver:
                     model.reset_metrics()
                     continue
                 # Reading the count forces a host sync: only when the data may end.
-                if plan.steps is None or (plan.persistent and not plan.adapter.can_repeat):
+                if (
+                    plan.steps is None
+                    or (plan.persistent and not plan.adapter.can_repeat)
+                    or plan.adapter.can_change_spec
+                ):
                     ran = int(ran_t)
                 else:
                     ran = requested
+                renewed = iterators.short_execution(epoch, ran, requested)
+                if renewed is not None:
+                    iterator = renewed
                 step += ran
                 position.step = step
                 position.consumed += ran
                 if ran:
                     if callbacks.wants_batch("on_train_batch_end"):
                         callbacks.on_train_batch_end(step - 1, self._lazy_logs())
-                if ran < requested:
+                if ran < requested and renewed is None:
                     if plan.steps is not None:
                         ran_out = True
                     break

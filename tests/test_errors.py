@@ -303,3 +303,70 @@ def test_sample_weight_wrong_rank():
     x, y = _data()
     with pytest.raises(ValueError, match=r"`sample_weight`"):
         _model().fit(x, y, sample_weight=np.ones((N, 3), "float32"), verbose=0)
+
+
+# -- output paths that cannot be written ------------------------------------------
+
+
+def _blocked(tmp_path, *parts: str) -> str:
+    """A path below a regular file: no one can create it, root included."""
+    (tmp_path / "afile").write_text("not a directory\n")
+    return str(tmp_path.joinpath("afile", "sub", *parts))
+
+
+@pytest.mark.parametrize("kind", ["csv", "modelcheckpoint", "tensorboard", "backup"])
+def test_unwritable_callback_path_fails_before_the_first_step(kind, tmp_path):
+    """The named error comes from on_train_begin: no step (no epoch of work) is lost."""
+    path = _blocked(tmp_path, "out")
+    callback = {
+        "csv": lambda: tfk.callbacks.CSVLogger(path),
+        "modelcheckpoint": lambda: tfk.callbacks.ModelCheckpoint(path),
+        "tensorboard": lambda: tfk.callbacks.TensorBoard(path),
+        "backup": lambda: tfk.callbacks.BackupAndRestore(path),
+    }[kind]()
+    argument = {"csv": "filename", "modelcheckpoint": "filepath"}.get(kind, "")
+    model = _model()
+    x, y = _data()
+    with pytest.raises(
+        NotADirectoryError, match=rf"`{argument or '[a-z_]+'}` '[^']*afile/sub"
+    ) as info:
+        model.fit(x, y, batch_size=5, epochs=2, callbacks=[callback], verbose=0)
+    assert info.value.errno == 20  # ENOTDIR, kept from the original error
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+def test_read_only_directory_is_a_named_permission_error(tmp_path, monkeypatch):
+    """A directory that exists but cannot be written (os.access mocked: root ignores
+    permission bits, so chmod cannot show it here)."""
+    from tfk_trainer import paths
+
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: False)
+    with pytest.raises(PermissionError, match=r"`log_dir` '[^']*' cannot be written"):
+        paths.make_dirs(str(tmp_path), "log_dir")
+    with pytest.raises(PermissionError, match=r"`filepath` '[^']*ck' cannot be created or written"):
+        paths.check_creatable(str(tmp_path / "a" / "b"), "filepath", path=str(tmp_path / "ck"))
+
+
+def test_check_creatable_creates_nothing_and_stops_at_formatted_parts(tmp_path):
+    from tfk_trainer import paths
+    from tfk_trainer.callbacks.checkpoint import _fixed_directory
+
+    paths.check_creatable(str(tmp_path / "new" / "deeper"), "filepath")
+    assert not (tmp_path / "new").exists()
+    filepath = str(tmp_path / "runs" / "{epoch:02d}" / "ckpt-{val_loss:.2f}")
+    assert _fixed_directory(filepath) == str(tmp_path / "runs")
+
+
+def test_modelcheckpoint_with_a_formatted_directory_still_saves(tmp_path):
+    x, y = _data()
+    filepath = str(tmp_path / "runs" / "epoch{epoch}" / "ckpt")
+    _model().fit(x, y, epochs=2, callbacks=[tfk.callbacks.ModelCheckpoint(filepath)], verbose=0)
+    assert (tmp_path / "runs" / "epoch2" / "ckpt.index").exists()
+
+
+def test_save_checkpoint_to_an_unwritable_path_names_path(tmp_path):
+    model = _model()
+    x, y = _data()
+    model.train_on_batch(x, y)
+    with pytest.raises(NotADirectoryError, match=r"save_checkpoint: `path` '[^']*afile/sub/ckpt'"):
+        model.save_checkpoint(_blocked(tmp_path, "ckpt"))

@@ -23,7 +23,14 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["named_os_error", "path_error", "make_dirs", "check_creatable", "is_url"]
+__all__ = [
+    "named_os_error",
+    "path_error",
+    "make_dirs",
+    "creatable_problem",
+    "check_creatable",
+    "is_url",
+]
 
 _ACCEPTED = "Pass a directory that can be created and written."
 
@@ -98,37 +105,45 @@ def make_dirs(
         )
 
 
-def check_creatable(
-    directory: str, argument: str, *, path: str | None = None, owner: str | None = None
-) -> None:
-    """Raises the named OSError unless `directory` exists as a writable directory or
-    could be created (its nearest existing ancestor is a writable directory).
+def creatable_problem(directory: str) -> tuple[int, str] | None:
+    """`(errno, reason)` when `directory` can neither be created nor written, else None.
 
-    Creates nothing. Permission bits are checked with `os.access`, so root
-    (who ignores them) only fails on a path below a regular file. URLs are
-    not probed.
+    Looks at the nearest existing ancestor (the directory itself when it
+    exists): it must be a directory that this process may write to and
+    enter. Creates nothing. Permission bits are checked with `os.access`, so
+    root (who ignores them) only fails on a path below a regular file. URLs
+    are not probed.
     """
     if is_url(directory):
-        return
-    shown = directory if path is None else path
-    subject = _subject(argument, shown, owner)
-    ancestor = os.path.abspath(directory)
+        return None
+    target = os.path.abspath(directory)
+    ancestor = target
     while not os.path.lexists(ancestor):
         parent = os.path.dirname(ancestor)
         if parent == ancestor:
             break
         ancestor = parent
     if not os.path.isdir(ancestor):
-        what = "exists and is not a directory" if ancestor == os.path.abspath(directory) else None
-        reason = what or f"{ancestor!r} is not a directory"
-        raise named_os_error(
-            errno.ENOTDIR,
-            f"{subject} cannot be created or written: {reason}. {_ACCEPTED}",
-        )
+        if ancestor == target:
+            return errno.ENOTDIR, "it exists and is not a directory"
+        return errno.ENOTDIR, f"{ancestor!r} is not a directory"
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        where = "it is" if ancestor == os.path.abspath(directory) else f"{ancestor!r} is"
+        where = "it is" if ancestor == target else f"{ancestor!r} is"
+        return errno.EACCES, f"{where} not a writable directory"
+    return None
+
+
+def check_creatable(
+    directory: str, argument: str, *, path: str | None = None, owner: str | None = None
+) -> None:
+    """Raises the named OSError (NotADirectoryError, PermissionError) when
+    `directory` can neither be created nor written; see `creatable_problem`."""
+    problem = creatable_problem(directory)
+    if problem is not None:
+        code, reason = problem
+        shown = directory if path is None else path
         raise named_os_error(
-            errno.EACCES,
-            f"{subject} cannot be created or written: {where} not a writable directory. "
+            code,
+            f"{_subject(argument, shown, owner)} cannot be created or written: {reason}. "
             f"{_ACCEPTED}",
         )

@@ -19,7 +19,8 @@ Two tables, one parametrized test each (docs/errors.md lists them all):
 
 A few behaviours are documented rather than errors: NaN/inf in the data
 (trains to a NaN loss reported as it is; `TerminateOnNaN` stops) and labels
-out of range under XLA (NaN loss); they have their own tests at the end.
+out of range in a tf.data.Dataset under XLA (NaN loss: a dataset cannot be
+scanned up front, unlike arrays); they have their own tests at the end.
 
 Every case has a timeout (the "thread" method, which also ends a hang
 inside TensorFlow's C++ code), so a hang fails instead of stalling the run.
@@ -330,7 +331,7 @@ CASES: list[Case] = [
     Case("fit-validation-split-string", lambda t: _fit(X, Y, validation_split="0.2"), TypeError, r"`validation_split` must be a float"),
     Case("fit-validation-data-string", lambda t: _fit(X, Y, validation_data="val.csv"), ValueError, r"`validation_data` must be a tuple .*received str"),
     Case("fit-validation-data-length-mismatch", lambda t: _fit(X, Y, validation_data=(X, Y[:5])), ValueError, r"same number of samples.*x: 20, y: 5"),
-    Case("fit-validation-data-wrong-feature-count", lambda t: _fit(X, Y, validation_data=(np.zeros((N, 5), "float32"), Y)), ValueError, r"`validation_data`"),
+    Case("fit-validation-data-wrong-feature-count", lambda t: _fit(X, Y, validation_data=(np.zeros((N, 5), "float32"), Y)), ValueError, r"inputs of `validation_data` do not fit the model: received inputs of shape \(None, 5\), but the training data `x` has \(None, 4\)"),
     Case("fit-validation-freq-zero", lambda t: _fit(X, Y, validation_data=(X, Y), validation_freq=0), ValueError, r"`validation_freq` must be >= 1; received 0"),
     Case("fit-validation-steps-zero", lambda t: _fit(X, Y, validation_data=(X, Y), validation_steps=0), ValueError, r"`validation_steps` must be a positive int"),
     Case("fit-class-weight-list", lambda t: _fit(X, Y, class_weight=[1.0, 2.0]), TypeError, r"`class_weight` must be a dict.*received list"),
@@ -349,13 +350,15 @@ CASES: list[Case] = [
     Case("fit-x-dict-unknown-key", lambda t: _fit({"a": X[:, :2], "c": X[:, 2:]}, Y, model=_two_inputs()), ValueError, r"`x`.*'c'"),
     Case("fit-y-missing", lambda t: _fit(X), ValueError, r"compiled with a loss, but the data has no targets `y`"),
     Case("fit-y-string", lambda t: _fit(X, "labels"), TypeError, r"`y` must be an array or a list/dict of arrays"),
-    Case("fit-y-wrong-shape-for-loss", lambda t: _fit(X, np.zeros((N, 5))), ValueError, r"`y`"),
+    Case("fit-y-wrong-shape-for-loss", lambda t: _fit(X, np.zeros((N, 5))), ValueError, r"`y` has shape \(None, 5\), but the model's output '[^']+' has shape \(None, 3\), and its loss 'sparse_categorical_crossentropy' cannot take them"),
     Case("fit-y-dict-unknown-output", lambda t: _fit(X, {"a": Y, "c": Y}, model=_two_outputs()), ValueError, r"`y` is a dict without keys \['b'\].*received keys \['a', 'c'\]"),
     Case("fit-sample-weight-length-mismatch", lambda t: _fit(X, Y, sample_weight=np.ones(7, "float32")), ValueError, r"same number of samples.*sample_weight: 7"),
     Case("fit-sample-weight-without-y", lambda t: _fit(X, sample_weight=np.ones(N)), ValueError, r"`sample_weight` was given without `y`"),
     Case("fit-sample-weight-dict-unknown-output", lambda t: _fit(X, {"a": Y, "b": Y}, sample_weight={"a": np.ones(N), "c": np.ones(N)}, model=_two_outputs()), ValueError, r"`sample_weight` has keys \['c'\] that are not outputs"),
     Case("fit-nan-in-x-terminate-on-nan-raises", lambda t: _fit(X_NAN, Y, batch_size=5, shuffle=False, epochs=3, callbacks=[cbs.TerminateOnNaN(raise_error=True)]), RuntimeError, r"NaN or Inf loss encountered at batch 1"),
-    Case("fit-sparse-label-out-of-range", lambda t: _fit(X, Y_OUT_OF_RANGE, model=_model(jit_compile=False)), tf.errors.InvalidArgumentError, r"label value of 7 which is outside the valid range of \[0, 3\)"),
+    Case("fit-sparse-label-out-of-range", lambda t: _fit(X, Y_OUT_OF_RANGE, model=_model(jit_compile=False)), ValueError, r"`y` holds the label 7 \(sample 3\), outside the valid range \[0, 3\)"),
+    Case("fit-sparse-label-out-of-range-xla", lambda t: _fit(X, Y_OUT_OF_RANGE, model=_model(jit_compile=True)), ValueError, r"`y` holds the label 7 \(sample 3\), outside the valid range \[0, 3\)"),
+    Case("fit-sparse-label-negative-in-validation-data", lambda t: _fit(X, Y, validation_data=(X, -Y - 1)), ValueError, r"`validation_data` holds the label -\d \(sample \d+\), outside the valid range \[0, 3\)"),
     # -- fit: datasets, generators, PyDatasets ----------------------------------------
     Case("data-dataset-with-y", lambda t: _fit(_dataset(X, Y), Y), ValueError, r"`y` must not be given when `x` is a tf\.data\.Dataset"),
     Case("data-dataset-with-batch-size", lambda t: _fit(_dataset(X, Y), batch_size=4), ValueError, r"`batch_size` must not be given when `x` is a tf\.data\.Dataset"),
@@ -449,12 +452,11 @@ def test_case_ids_are_unique_and_enough():
     assert len(CASES) >= 40
 
 
-# Known gaps (issue 10 stays open for them): the error is raised, but from inside
-# the traced step or without naming the argument. docs/errors.md lists the fixes.
-KNOWN_GAPS = {
-    "fit-validation-data-wrong-feature-count",
-    "fit-y-wrong-shape-for-loss",
-}
+# Known gaps: case ids whose error is still raised from inside the traced step or
+# without naming the argument. They are marked xfail (issue 10 stays open for them)
+# and docs/errors.md lists each with its fix. None today; add an id here (and to
+# the docs) rather than weakening a case's expectation.
+KNOWN_GAPS: set[str] = set()
 
 
 def _marks(case_id: str, *marks):
@@ -522,11 +524,12 @@ def test_terminate_on_nan_stops_after_the_execution_with_the_nan():
 
 
 @pytest.mark.timeout(CASE_TIMEOUT, method="thread")
-def test_out_of_range_labels_under_xla_train_to_a_nan_loss():
-    """XLA's sparse cross-entropy does not check labels (nor does TF's on GPU):
-    no error, the loss is NaN. Without XLA on CPU: `fit-sparse-label-out-of-range`."""
+def test_out_of_range_labels_in_a_dataset_under_xla_train_to_a_nan_loss():
+    """Arrays are checked up front (`fit-sparse-label-out-of-range-xla`); a dataset
+    cannot be scanned, and XLA's sparse cross-entropy does not check labels (nor
+    does TF's on GPU): no error, the loss is NaN."""
     model = _model(jit_compile=True)
-    history = model.fit(X, Y_OUT_OF_RANGE, verbose=0).history
+    history = model.fit(_dataset(X, Y_OUT_OF_RANGE), verbose=0).history
     assert np.isnan(history["loss"][0])
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfk_trainer import distribute
+from tfk_trainer import distribute, paths
 
 
 def checkpoint_items(model: Any, *, include_optimizer: bool = True) -> dict[str, Any]:
@@ -71,7 +71,9 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
     target_dir = os.path.dirname(os.path.abspath(path)) or "."
     written_dir = write_directory(target_dir, model.distribute_strategy)
     prefix = os.path.join(written_dir, os.path.basename(path))
-    os.makedirs(written_dir, exist_ok=True)
+    paths.make_dirs(
+        written_dir, "path", path=path, owner="save_checkpoint"
+    )  # named, before anything is written
     checkpoint = tf.train.Checkpoint(**checkpoint_items(model, include_optimizer=include_optimizer))
     saved = checkpoint.write(prefix)
     cleanup_worker_directory(written_dir, target_dir)

@@ -29,7 +29,7 @@ from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
 from tfk_trainer.data import static as static_lib
 from tfk_trainer.data import structure
-from tfk_trainer.engine import execution
+from tfk_trainer.engine import checks, execution
 from tfk_trainer.engine import step as step_lib
 from tfk_trainer.engine.loop import (
     Driver,
@@ -537,9 +537,37 @@ class Model(tf.Module):
                 self.optimizer.build(self._state.trainable)
         if len(element_spec) > 2:
             objectives.flatten_weights(element_spec[2])  # unknown output keys: a clear error now
+        # Targets the loss cannot take: named now, not from inside the traced step. The
+        # output spec is exact only when the inputs' dims are (the model was called on
+        # a dummy batch); custom steps may transform `y` before any loss sees it.
+        if y_spec is not None and self._standard_steps() and checks.fully_known(element_spec[0]):
+            checks.check_targets_fit_losses(objectives, y_spec, self._state.output_structure)
         self._objectives = objectives
         self._state.y_spec = y_spec
         self._state.built = True
+
+    def _standard_steps(self) -> bool:
+        """No custom train/test step or compute_loss: targets reach the compiled losses as given."""
+        cls = type(self)
+        return (
+            cls.train_step is Model.train_step
+            and cls.test_step is Model.test_step
+            and cls.compute_loss is Model.compute_loss
+        )
+
+    def _check_labels(self, adapter: Any, argument: str = "y") -> None:
+        """Sparse labels out of range, for in-memory arrays (one min/max per label array).
+
+        Without it TensorFlow raises from inside the step on a CPU, and under XLA
+        or on a GPU the loss silently becomes NaN.
+        """
+        if not isinstance(adapter, adapters_lib.ArrayAdapter) or not self._standard_steps():
+            return
+        arrays = adapter.arrays
+        if len(arrays) > 1 and self._objectives is not None:
+            checks.check_sparse_labels(
+                self._objectives, arrays[1], self._state.sample_output, argument
+            )
 
     # -- metrics -------------------------------------------------------------
 
@@ -863,6 +891,7 @@ class Model(tf.Module):
                 "Pass per-output `sample_weight` instead."
             )
         self._ensure_built(adapter.element_spec)
+        self._check_labels(adapter)
 
         validation = None
         if validation_data is not None:
@@ -878,6 +907,8 @@ class Model(tf.Module):
                 static=self._static_mode(training=False),
                 argument="validation_data",
             )
+            self._check_validation_inputs(val_adapter.element_spec, adapter.element_spec)
+            self._check_labels(val_adapter, "validation_data")
             val_plan = EpochPlan.create(val_adapter, validation_steps, "validation_steps")
             # Validation restarts from the beginning each time, except a one-shot
             # generator, which can only continue where the last validation stopped.
@@ -971,6 +1002,7 @@ class Model(tf.Module):
         plan = EpochPlan.create(adapter, steps, "steps")
         plan.persistent = False
         self._ensure_built(adapter.element_spec)
+        self._check_labels(adapter)
         all_callbacks = _callback_list(callbacks)
         if verbose:
             all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
@@ -1019,6 +1051,31 @@ class Model(tf.Module):
         """Predict needs no compile(): only the network and the predict function."""
         self._build_network(element_spec[0])
 
+    def _check_validation_inputs(self, val_spec: tuple, train_spec: tuple) -> None:
+        """Raises a ValueError naming `validation_data` when its inputs cannot feed the
+        model, before training starts (not from inside the traced validation step).
+
+        Inputs with the training inputs' structure and known non-batch dims pass at
+        no cost. Others (a different feature count, other dict keys, or sequences of
+        another length) are tried on the model with a dummy batch, eagerly, as the
+        model was built: a model that accepts several shapes is not rejected.
+        """
+        given, expected = val_spec[0], train_spec[0]
+        if checks.inputs_compatible(given, expected):
+            return
+        try:
+            with self.distribute_strategy.scope():
+                self(tf.nest.map_structure(_zeros_for, given), training=False)
+            return
+        except Exception as e:  # noqa: BLE001 - reported below, naming the argument
+            reason = checks.short_reason(e)
+        raise ValueError(
+            f"The inputs of `validation_data` do not fit the model: received inputs of shape "
+            f"{checks.describe_spec(given)}, but the training data `x` has "
+            f"{checks.describe_spec(expected)} (the model was built on it). Calling the "
+            f"model on the validation inputs failed: {reason}."
+        )
+
     # -- single batches ------------------------------------------------------
 
     def _single_batch(self, x, y, sample_weight, class_weight, argument: str) -> tuple:
@@ -1050,6 +1107,7 @@ class Model(tf.Module):
             class_weight_lib.validate(class_weight)
         adapter = self._single_batch(x, y, sample_weight, class_weight, "train_on_batch")
         self._ensure_built(adapter.element_spec)
+        self._check_labels(adapter)
         self.reset_metrics()
         self._run_single("train", adapter)
         return self._format_results(self._materialized_logs(), return_dict)
@@ -1059,6 +1117,7 @@ class Model(tf.Module):
         self._require_compiled("test_on_batch")
         adapter = self._single_batch(x, y, sample_weight, None, "test_on_batch")
         self._ensure_built(adapter.element_spec)
+        self._check_labels(adapter)
         self.reset_metrics()
         self._run_single("test", adapter)
         return self._format_results(self._materialized_logs(), return_dict)

@@ -16,8 +16,12 @@ executes the file, so `config.model.name = "tiny_cnn"` then works.
 `defaults` (optional) lists the section keys the function reads, with their
 default values: the binary fills in the keys a config leaves out, checks the
 types of those it sets, and rejects keys that are neither common nor listed.
-`check` (datasets, optional) is called with the `data` section before any
-training starts and returns a list of problems (e.g. a missing file).
+`check` (optional) is called with the section (`model` or `data`) before
+any data is loaded or training starts, once the section's keys have the
+right types, and returns a list of problems, each naming its key (e.g.
+"model.dropout must be in [0, 1); received 1.5.", or a missing file): the
+binary reports them with the other config errors and exits with status 2,
+instead of failing inside the builder after the data is loaded.
 
 The built-in entries ("mlp", "resnet", "transformer"; "fashion_mnist",
 "npz", "synthetic", "tfds") are registered on first use of the registry.
@@ -109,15 +113,20 @@ def _register(
 
 
 def register_model(
-    name: str, *, defaults: Mapping[str, Any] | None = None
+    name: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    check: Callable[[Any], list[str]] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Registers `fn(config, input_shape, num_classes) -> keras.Model` under `name`.
 
     `config` is the config's `model` section, `input_shape` the shape of one
     example (no batch dimension), `num_classes` the number of labels.
+    `check(config) -> list[str]` (optional) validates the section's values
+    up front; see the module docstring.
     """
     _load_builtins()
-    return _register(_MODELS, "model", name, defaults, None)
+    return _register(_MODELS, "model", name, defaults, check)
 
 
 def register_dataset(

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfk_trainer import checkpoint as checkpoint_lib
-from tfk_trainer import distribute
+from tfk_trainer import distribute, paths
 from tfk_trainer.callbacks.base import Callback
 from tfk_trainer.engine.loop import Position
 
@@ -101,10 +101,9 @@ class BackupAndRestore(Callback):
         self._written_dir = checkpoint_lib.write_directory(
             self.backup_dir, model.distribute_strategy
         )
-        try:
-            os.makedirs(self._written_dir, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"`backup_dir` {self.backup_dir!r} cannot be created: {e}") from None
+        paths.make_dirs(
+            self._written_dir, "backup_dir", path=self.backup_dir, owner="BackupAndRestore"
+        )
         self._manager = tf.train.CheckpointManager(checkpoint, self._written_dir, max_to_keep=2)
         latest = tf.train.latest_checkpoint(self.backup_dir)
         if latest:
@@ -271,7 +270,7 @@ class ModelCheckpoint(Callback):
         model = self.model
         directory = os.path.dirname(os.path.abspath(path))
         if distribute.is_chief(model.distribute_strategy):
-            os.makedirs(directory, exist_ok=True)
+            paths.make_dirs(directory, "filepath", path=path, owner="ModelCheckpoint")
         if path.endswith(".weights.h5") or path.endswith(".keras"):
             if distribute.is_chief(model.distribute_strategy):
                 _keras_save(
@@ -289,12 +288,32 @@ class ModelCheckpoint(Callback):
                 self._last_saved_step = step
                 self._save(self._epoch, dict(logs or {}))
 
+    def on_train_begin(self, logs=None):
+        # Fail before the first epoch is trained, not at its end. Creates
+        # nothing: with save_best_only a checkpoint may never be written.
+        if distribute.is_chief(self.model.distribute_strategy):
+            paths.check_creatable(
+                _fixed_directory(self.filepath),
+                "filepath",
+                path=self.filepath,
+                owner="ModelCheckpoint",
+            )
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
             self._save(epoch, logs)
+
+
+def _fixed_directory(filepath: str) -> str:
+    """The directory of `filepath` up to its first formatted part: for
+    "runs/{epoch}/ckpt" it is "runs", the part known before any epoch ends."""
+    directory = os.path.dirname(os.path.abspath(filepath))
+    while "{" in directory or "}" in directory:
+        directory = os.path.dirname(directory)
+    return directory
 
 
 def _keras_save(model: Any, path: str, weights_only: bool) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfk_trainer import paths
 from tfk_trainer.callbacks.base import Callback
 
 _MODES = ("auto", "min", "max")
@@ -569,18 +570,33 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs=None):
         self._existing_header = None
-        if self.append:
-            if self._exists():
-                with self._open("r") as f:
-                    first = f.readline()
-                self.append_header = not first
-                if first:
-                    self._existing_header = next(csv.reader([first], delimiter=self.sep), None)
-            mode = "a"
-        else:
-            mode = "w"
-        self._close()
-        self.csv_file = self._open(mode)
+        try:
+            if self.append:
+                if self._exists():
+                    with self._open("r") as f:
+                        first = f.readline()
+                    self.append_header = not first
+                    if first:
+                        self._existing_header = next(csv.reader([first], delimiter=self.sep), None)
+                mode = "a"
+            else:
+                mode = "w"
+            self._close()
+            self.csv_file = self._open(mode)
+        except Exception as e:
+            # Before the first epoch, naming the argument (gs:// paths raise TF errors).
+            import tensorflow as tf
+
+            if not isinstance(e, (OSError, tf.errors.OpError)):
+                raise
+            raise paths.path_error(
+                e,
+                "filename",
+                self.filename,
+                action="be opened for writing",
+                owner="CSVLogger",
+                accepted="Pass a file path in an existing, writable directory.",
+            ) from None
         self.writer = None
         self.keys = None
 

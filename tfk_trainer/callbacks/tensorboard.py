@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer import distribute
+from tfk_trainer import distribute, paths
 from tfk_trainer.callbacks.base import Callback
 
 log = logging.getLogger("tfk_trainer")
@@ -250,7 +250,10 @@ class TensorBoard(Callback):
         writer = self._writers.get(run)
         if writer is None:
             logdir = self._train_dir if run == "train" else self._val_dir
-            writer = tf.summary.create_file_writer(logdir)
+            try:
+                writer = tf.summary.create_file_writer(logdir)
+            except tf.errors.OpError as e:
+                raise paths.path_error(e, "log_dir", self.log_dir, owner="TensorBoard") from None
             self._writers[run] = writer
         return writer
 
@@ -433,6 +436,8 @@ class TensorBoard(Callback):
         self._reset_fit_state()
         self._in_fit = True
         self._chief = distribute.is_chief(self.model.distribute_strategy)
+        if self._chief:  # before any training: a later failure would cost an epoch
+            paths.make_dirs(self.log_dir, "log_dir", owner="TensorBoard")
         start = self._current_step()
         self._epoch_start_step = start
         self._last_logged_step = start

@@ -159,6 +159,12 @@ class ArrayAdapter(DataAdapter):
         return self._num_samples
 
     @property
+    def arrays(self) -> tuple:
+        """The whole data, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, as given (NumPy
+        arrays or tensors): for up-front checks of the values (label ranges)."""
+        return self._data
+
+    @property
     def seed(self) -> int:
         """The shuffle seed: epoch `e` is the permutation of `(seed, e)`."""
         return self._seed

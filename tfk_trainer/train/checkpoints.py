@@ -118,7 +118,7 @@ def read_done_marker(model_dir: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no marker (or no model_dir) yet
         return None
     except ValueError:
         return {}

@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 import tfk_trainer as tfk
+from tfk_trainer import paths as paths_lib
 from tfk_trainer import registry
 from tfk_trainer.train import checkpoints as ckpt_lib
 from tfk_trainer.train import data as data_lib
@@ -111,6 +112,13 @@ def precheck(config: Any, model_dir: str, mode: str) -> None:
     paths = Paths(model_dir)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ConfigError([f"--model_dir {model_dir!r} exists and is not a directory."])
+    # Every mode writes there (checkpoints, results, predictions): fail now, not
+    # after the data is loaded or an epoch is trained.
+    problem = paths_lib.creatable_problem(model_dir)
+    if problem is not None:
+        raise ConfigError(
+            [f"--model_dir {model_dir!r} cannot be created or written: {problem[1]}."]
+        )
     if mode in TRAIN_MODES:
         done = ckpt_lib.read_done_marker(model_dir)
         if done and done.get("config") is not None:

@@ -13,6 +13,81 @@ import keras
 
 from tfk_trainer.registry import register_model
 
+# -- checks of the `model` section (run by the binary before any data is loaded) --
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_dropout(config: Any) -> list[str]:
+    rate = config.dropout
+    if not 0.0 <= rate < 1.0:
+        return [
+            f"model.dropout must be in [0, 1) (the fraction of units dropped); received {rate!r}."
+        ]
+    return []
+
+
+def _check_at_least(config: Any, key: str, minimum: int) -> list[str]:
+    value = config[key]
+    if not _is_int(value) or value < minimum:
+        return [f"model.{key} must be an int >= {minimum}; received {value!r}."]
+    return []
+
+
+def _check_widths(config: Any, key: str, allow_empty: bool) -> list[str]:
+    widths = tuple(config[key])
+    if (not widths and not allow_empty) or not all(_is_int(w) and w >= 1 for w in widths):
+        kind = "a tuple of" if allow_empty else "a non-empty tuple of"
+        return [f"model.{key} must be {kind} positive ints; received {widths!r}."]
+    return []
+
+
+def _check_activation(config: Any) -> list[str]:
+    name = config.activation
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        return [
+            f"model.activation {name!r} is not a Keras activation (e.g. 'relu', 'gelu', "
+            "'tanh'; see keras.activations)."
+        ]
+    return []
+
+
+def _check_mlp(config: Any) -> list[str]:
+    return (
+        _check_widths(config, "hidden_units", allow_empty=True)
+        + _check_dropout(config)
+        + _check_activation(config)
+    )
+
+
+def _check_resnet(config: Any) -> list[str]:
+    problems = _check_widths(config, "stage_filters", allow_empty=False)
+    problems += _check_at_least(config, "blocks_per_stage", 1)
+    problems += _check_dropout(config)
+    if config.l2 < 0:
+        problems.append(f"model.l2 must be >= 0; received {config.l2!r}.")
+    return problems
+
+
+def _check_transformer(config: Any) -> list[str]:
+    problems = _check_at_least(config, "vocab_size", 0)
+    for key in ("embed_dim", "num_heads", "ff_dim", "num_layers"):
+        problems += _check_at_least(config, key, 1)
+    sizes_ok = not any(p.startswith(("model.embed_dim", "model.num_heads")) for p in problems)
+    if sizes_ok and config.embed_dim % config.num_heads:
+        problems.append(
+            f"model.embed_dim ({config.embed_dim}) must be divisible by model.num_heads "
+            f"({config.num_heads})."
+        )
+    return problems + _check_dropout(config)
+
+
+# -- the models -------------------------------------------------------------------
+
 
 def _classifier_head(x: Any, num_classes: int, dropout: float) -> Any:
     if dropout:
@@ -21,7 +96,11 @@ def _classifier_head(x: Any, num_classes: int, dropout: float) -> Any:
     return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
 
-@register_model("mlp", defaults={"hidden_units": (256, 128), "dropout": 0.2, "activation": "relu"})
+@register_model(
+    "mlp",
+    defaults={"hidden_units": (256, 128), "dropout": 0.2, "activation": "relu"},
+    check=_check_mlp,
+)
 def mlp(config: Any, input_shape: tuple, num_classes: int) -> keras.Model:
     """Flatten, then Dense layers (`hidden_units`), with Dropout after every hidden
     layer but the last, then the softmax classifier."""
@@ -73,6 +152,7 @@ def _residual_block(x: Any, filters: int, strides: int, l2: float) -> Any:
 @register_model(
     "resnet",
     defaults={"stage_filters": (16, 32, 64), "blocks_per_stage": 1, "dropout": 0.0, "l2": 0.0},
+    check=_check_resnet,
 )
 def resnet(config: Any, input_shape: tuple, num_classes: int) -> keras.Model:
     """A small ResNet (CIFAR-style): a 3x3 stem, then one stage per `stage_filters`
@@ -124,6 +204,7 @@ def _encoder_block(x: Any, config: Any) -> Any:
         "num_layers": 2,
         "dropout": 0.1,
     },
+    check=_check_transformer,
 )
 def transformer(config: Any, input_shape: tuple, num_classes: int) -> keras.Model:
     """A small pre-norm Transformer encoder classifier.

@@ -169,6 +169,15 @@ def _resolve_entry_section(
     return resolved
 
 
+def _run_check(section: str, entry: registry.Entry, values: dict[str, Any]) -> list[str]:
+    """An entry's `check` on its section; a check that raises is reported, not a crash."""
+    try:
+        found = entry.check(ml_collections.ConfigDict(values))
+    except Exception as e:  # noqa: BLE001 - user code: report it with the other problems
+        return [f"{section}.name {entry.name!r}: its check raised {type(e).__name__}: {e}"]
+    return [str(p) for p in found or []]
+
+
 def resolve(config: Any) -> ml_collections.ConfigDict:
     """The complete, checked config; raises `ConfigError` listing every problem."""
     problems: list[str] = []
@@ -237,14 +246,19 @@ def resolve(config: Any) -> ml_collections.ConfigDict:
             problems.append(
                 "runtime.mixed_precision 'mixed_float16' is for GPUs; TPUs use 'mixed_bfloat16'."
             )
-    data = resolved.get("data")
-    data_ok = data is not None and not any(
-        p.startswith(("data.", "unknown key 'data.")) for p in problems
-    )
-    if data_ok and data["name"] in registry.dataset_names():
-        entry = registry.get_dataset(data["name"])
-        if entry.check is not None:
-            problems.extend(entry.check(ml_collections.ConfigDict(data)))
+    # The entries' own checks (values, files), once their sections' keys and types are fine.
+    for section, get, names in (
+        ("model", registry.get_model, registry.model_names),
+        ("data", registry.get_dataset, registry.dataset_names),
+    ):
+        values = resolved.get(section)
+        section_ok = values is not None and not any(
+            p.startswith((f"{section}.", f"unknown key '{section}.")) for p in problems
+        )
+        if section_ok and values["name"] in names():
+            entry = get(values["name"])
+            if entry.check is not None:
+                problems.extend(_run_check(section, entry, values))
     if problems:
         raise ConfigError(problems)
 

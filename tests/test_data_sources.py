@@ -351,6 +351,17 @@ def test_array_batches_are_the_same_gathered_one_or_many_per_map(shuffle, repeat
     assert [len(b[1]) for b in one[:13]] == [8] * 12 + [7]
 
 
+def test_array_adapter_takes_tensors_and_strings():
+    from tfk_trainer.data.adapters import ArrayAdapter
+
+    x = tf.constant(np.arange(40, dtype="float32").reshape(10, 4))
+    names = np.array([f"row{i}" for i in range(10)])
+    adapter = ArrayAdapter({"x": x, "name": names}, batch_size=4)
+    batches = list(adapter.get_dataset())
+    assert [int(b[0]["x"].shape[0]) for b in batches] == [4, 4, 2]
+    assert batches[2][0]["name"].numpy().tolist() == [b"row8", b"row9"]
+
+
 def _varying_batches(lengths=(5, 5, 7, 3, 3, 9)):
     """Batch i holds the value i, with its own sequence length."""
     return [

@@ -231,7 +231,8 @@ class ArrayAdapter(DataAdapter):
         if self._static is not None:
             return 1
         row_bytes = sum(
-            a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in tf.nest.flatten(self._data)
+            tf.as_dtype(a.dtype).size * int(np.prod([d or 1 for d in list(a.shape)[1:]]))
+            for a in tf.nest.flatten(self._data)  # NumPy arrays or tensors
         )
         return int(max(1, min(16, 65536 // max(1, row_bytes * self._batch_size))))
 

@@ -109,12 +109,15 @@ class Iterators:
         self._persistent = self._make(epoch, repeat=self._plan.adapter.can_repeat)
         return self._persistent
 
-    def short_execution(self, epoch: int, ran: int, requested: int):
-        """After an execution that ran `ran` of `requested` steps: the iterator to go on
-        with when the data only changed shape, or None when the data really ended."""
-        if ran < requested and self._plan.adapter.spec_changed:
-            return self.continue_after_spec_change(epoch)
-        return None
+    def after_execution(self, iterator: Any, epoch: int, ran: int, requested: int):
+        """`(iterator to go on with, whether the data ended)` after an execution that ran
+        `ran` of `requested` steps. Ending early because a Python source changed shape
+        is not the end of the data: a new iterator continues it."""
+        if ran >= requested:
+            return iterator, False
+        if self._plan.adapter.spec_changed:
+            return self.continue_after_spec_change(epoch), False
+        return iterator, True
 
 
 @dataclass
@@ -233,17 +236,15 @@ class Driver:
                 continue
             exact = plan.steps is None or plan.adapter.can_change_spec
             ran = int(ran_t) if exact else requested
-            renewed = iterators.short_execution(0, ran, requested)
-            if renewed is not None:
-                iterator = renewed
-                if ran == 0:
-                    continue
-            elif ran == 0:
-                break
+            iterator, ended = iterators.after_execution(iterator, 0, ran, requested)
+            if ran == 0:
+                if ended:
+                    break
+                continue
             step += ran
             if callbacks.wants_batch("on_test_batch_end"):
                 callbacks.on_test_batch_end(step - 1, self._lazy_logs())
-            if ran < requested and renewed is None:
+            if ended:
                 break
         plan.adapter.on_epoch_end(0)
         if step == 0:
@@ -278,19 +279,17 @@ class Driver:
                 chunks.clear()
                 continue
             ran = int(ran_t)
-            renewed = iterators.short_execution(0, ran, requested)
-            if renewed is not None:
-                iterator = renewed
-                if ran == 0:
-                    continue
-            elif ran == 0:
-                break
+            iterator, ended = iterators.after_execution(iterator, 0, ran, requested)
+            if ran == 0:
+                if ended:
+                    break
+                continue
             outputs = drop_padding(outputs)
             chunks.append(outputs)
             step += ran
             if callbacks.wants_batch("on_predict_batch_end"):
                 callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
-            if ran < requested and renewed is None:
+            if ended:
                 break
         plan.adapter.on_epoch_end(0)
         callbacks.on_predict_end()
@@ -370,16 +369,14 @@ class Driver:
                     ran = int(ran_t)
                 else:
                     ran = requested
-                renewed = iterators.short_execution(epoch, ran, requested)
-                if renewed is not None:
-                    iterator = renewed
+                iterator, ended = iterators.after_execution(iterator, epoch, ran, requested)
                 step += ran
                 position.step = step
                 position.consumed += ran
                 if ran:
                     if callbacks.wants_batch("on_train_batch_end"):
                         callbacks.on_train_batch_end(step - 1, self._lazy_logs())
-                if ran < requested and renewed is None:
+                if ended:
                     if plan.steps is not None:
                         ran_out = True
                     break

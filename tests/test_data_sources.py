@@ -351,6 +351,50 @@ def test_array_batches_are_the_same_gathered_one_or_many_per_map(shuffle, repeat
     assert [len(b[1]) for b in one[:13]] == [8] * 12 + [7]
 
 
+@pytest.mark.parametrize("repeat", [False, True])
+def test_in_order_array_batches_are_contiguous_slices(repeat):
+    """`shuffle=False` reads reshaped slices (no gather): batch i is rows [8i, 8i+8)."""
+    from tfk_trainer.data.adapters import ArrayAdapter
+
+    x, y = np.arange(103 * 3, dtype="float32").reshape(103, 3), np.arange(103)
+    adapter = ArrayAdapter(x, y, batch_size=8, shuffle=False)
+    count = 30 if repeat else 13
+    batches = _take_batches(adapter.get_dataset(repeat=repeat, first_epoch=2), count)
+    assert len(batches) == count
+    for i, (bx, by) in enumerate(batches):
+        start = (i % 13) * 8
+        np.testing.assert_array_equal(bx, x[start : start + 8])
+        np.testing.assert_array_equal(by, y[start : start + 8])
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float64", "float16", "int8", "uint8", "int64", "bool", "complex64"]
+)
+def test_large_arrays_become_tensors_with_one_private_copy(dtype):
+    """Arrays over 1 MiB are copied once into an aligned buffer TensorFlow adopts:
+    same values, and later writes to the user's array do not reach the tensor."""
+    from tfk_trainer.data.adapters import ArrayAdapter
+    from tfk_trainer.data.structure import to_tensor
+
+    rng = np.random.default_rng(0)
+    base = (rng.normal(size=(4099, 2 * 301)) * 50).astype(dtype)
+    x = base[:, ::2]  # strided: not contiguous
+    assert x.nbytes >= 1 << 20 or dtype in ("int8", "uint8", "bool", "float16")
+    tensor = to_tensor(x)
+    assert tensor.dtype == tf.as_dtype(dtype)
+    np.testing.assert_array_equal(tensor.numpy(), x)
+    expected = x.copy()
+    base[:] = base[::-1]  # the caller writes to its array afterwards
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+
+    # The whole road, with a partial last batch whose offset is not 64-byte aligned.
+    big = np.ascontiguousarray(np.resize(expected, (4099, 1024)))  # >= 1 MiB for every dtype
+    adapter = ArrayAdapter(big, np.arange(4099), batch_size=100, shuffle=False)
+    batches = _take_batches(adapter.get_dataset(), 41)
+    assert [len(b[0]) for b in batches] == [100] * 40 + [99]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), big)
+
+
 def test_array_adapter_takes_tensors_and_strings():
     from tfk_trainer.data.adapters import ArrayAdapter
 

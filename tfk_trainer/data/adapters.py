@@ -55,6 +55,13 @@ class DataAdapter(abc.ABC):
         return False
 
     @property
+    def exact_batches(self) -> bool:
+        """Whether every epoch holds exactly `num_batches` batches (endless with
+        `repeat=True`), guaranteed by how the adapter built the dataset. The
+        driver then reads batches without checking for the end of the data."""
+        return False
+
+    @property
     def can_change_spec(self) -> bool:
         """Whether a dataset may end early with `spec_changed` (the driver then reads step counts)."""
         return False
@@ -193,6 +200,10 @@ class ArrayAdapter(DataAdapter):
     def can_repeat(self) -> bool:
         return True
 
+    @property
+    def exact_batches(self) -> bool:
+        return True
+
     def _epoch_index_batches(self, epoch: tf.Tensor) -> tf.data.Dataset:
         n, bs = self._num_samples, self._batch_size
         indices = tf.range(n, dtype=tf.int64)
@@ -248,13 +259,48 @@ class ArrayAdapter(DataAdapter):
             groups = groups.concatenate(batches.skip(full).map(lambda b: b[tf.newaxis]))
         return groups
 
-    def _data_dataset(self) -> tf.data.Dataset:
-        """The arrays as one repeated element, converted to tensors once per adapter."""
+    def _tensors(self) -> tuple:
+        """The arrays as tensors, converted once per adapter."""
         if self._data_tensors is None:
-            self._data_tensors = tf.nest.map_structure(tf.convert_to_tensor, self._data)
-        return tf.data.Dataset.from_tensors(self._data_tensors).repeat()
+            self._data_tensors = tf.nest.map_structure(structure.to_tensor, self._data)
+        return self._data_tensors
+
+    def _data_dataset(self) -> tf.data.Dataset:
+        """The arrays as one repeated element, for the index-gathering pipeline."""
+        return tf.data.Dataset.from_tensors(self._tensors()).repeat()
+
+    def _in_order_batches(self) -> tf.data.Dataset:
+        """One epoch in order (`shuffle=False`: evaluate, predict), with no `map`.
+
+        The full batches are a reshape of the data (`[num_batches, batch, ...]`,
+        no copy: a prefix slice and a reshape share the buffer), sliced one
+        batch per element; a partial last batch follows. Nothing is traced,
+        so making the pipeline costs well under a millisecond, and reading a
+        batch is one contiguous copy.
+        """
+        n, bs = self._num_samples, self._batch_size
+        full = n // bs
+        data = self._tensors()
+        dataset = None
+        if full:
+            dataset = tf.data.Dataset.from_tensor_slices(
+                tf.nest.map_structure(
+                    lambda t: tf.reshape(t[: full * bs], [full, bs, *t.shape[1:]]), data
+                )
+            )
+        if full * bs < n:
+            tail = tf.data.Dataset.from_tensors(
+                tf.nest.map_structure(lambda t: t[full * bs :], data)
+            )
+            dataset = tail if dataset is None else dataset.concatenate(tail)
+        return dataset
 
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        if self._shuffle is False and self._static is None:
+            dataset = self._in_order_batches()
+            if repeat:
+                dataset = dataset.repeat()  # every epoch is the same order
+            return self._finish(dataset)
         group = self._group_size()
         if repeat:
             index_batches = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(
@@ -283,11 +329,13 @@ class ArrayAdapter(DataAdapter):
         )
         if group > 1:
             dataset = dataset.unbatch()  # [k, b, ...] groups -> batches of b
+        if self._class_weight is not None and static == "pad":
+            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        return self._finish(dataset)
+
+    def _finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """Class weights, sharding and tf.data options, and prefetching."""
         if self._class_weight is not None:
-            if static == "pad":
-                raise ValueError(
-                    "`class_weight` applies to training only, not to padded evaluation."
-                )
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (

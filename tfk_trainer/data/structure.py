@@ -117,6 +117,41 @@ def to_array(value: Any, argument: str) -> Any:
     return array
 
 
+# TensorFlow tensors must start on a 64-byte boundary (Eigen's alignment with AVX-512).
+_TENSOR_ALIGNMENT = 64
+# Below this, the second copy `tf.convert_to_tensor` makes costs nothing worth avoiding.
+_ONE_COPY_MIN_BYTES = 1 << 20
+
+
+def to_tensor(value: Any) -> tf.Tensor:
+    """A NumPy array as a tensor with one copy of its data, not two.
+
+    `tf.convert_to_tensor` copies an array (so later writes to it cannot
+    change the tensor) and then copies it again into an aligned buffer: for
+    a 100 MB input that is 200 MB of transient memory and 40-70 ms on every
+    `fit`/`predict` call. Here the array is copied once, into a private
+    aligned buffer that TensorFlow adopts through DLPack without copying;
+    nothing else holds that buffer, so the tensor is as immutable as ever.
+    Small arrays, tensors and dtypes DLPack does not carry (strings) take
+    the ordinary path.
+    """
+    if (
+        not isinstance(value, np.ndarray)
+        or value.nbytes < _ONE_COPY_MIN_BYTES
+        or value.dtype.kind not in "biufc"
+        or not value.dtype.isnative
+    ):
+        return tf.convert_to_tensor(value)
+    buffer = np.empty(value.nbytes + _TENSOR_ALIGNMENT, np.uint8)
+    offset = -buffer.ctypes.data % _TENSOR_ALIGNMENT
+    aligned = buffer[offset : offset + value.nbytes].view(value.dtype).reshape(value.shape)
+    np.copyto(aligned, value)
+    try:
+        return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
+    except (TypeError, ValueError, BufferError, tf.errors.OpError):
+        return tf.convert_to_tensor(value)
+
+
 def num_samples(value: Any) -> int:
     first = tf.nest.flatten(value)[0]
     return int(first.shape[0])

@@ -92,6 +92,31 @@ def test_four_replicas_fit_evaluate_predict_and_auc_equal_one_device(mirrored_st
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [65, 66])  # a last batch of 1 or 2 rows for 4 replicas
+def test_last_batch_smaller_than_the_replica_count(mirrored_strategy, rows):
+    """Exact executions read the last batch directly; with fewer rows than replicas
+    some replicas get none, and the numbers still equal one device's."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(rows, 5)).astype("float32")
+    y = (rng.uniform(size=(rows, 2)) > 0.5).astype("float32")
+
+    def run(strategy):
+        with strategy.scope():
+            model = tfk.Model(_net())
+            model.compile("sgd", "binary_crossentropy", metrics=["mae"], steps_per_execution=2)
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+        evaluation = model.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+        single = model.train_on_batch(x[:1], y[:1], return_dict=True)
+        return history, evaluation, model.predict(x, batch_size=16, verbose=0), single
+
+    one, four = run(tf.distribute.get_strategy()), run(mirrored_strategy(4))
+    for a, b in zip(one[:2] + one[3:], four[:2] + four[3:]):
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert four[2].shape == (rows, 2)
+    np.testing.assert_allclose(four[2], one[2], rtol=1e-5, atol=1e-6)
+
+
 def _launch_cluster(tmp_path, num_workers=2):
     ports = [portpicker.pick_unused_port() for _ in range(num_workers)]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

@@ -136,8 +136,8 @@ def test_one_trace_per_function_across_ragged_last_batch_and_epochs():
     model.evaluate(x, y, batch_size=16, verbose=0)
     model.evaluate(x[:50], y[:50], batch_size=16, verbose=0)
     executor = model._executor
-    assert executor.train._fn.experimental_get_tracing_count() == 1
-    assert executor.test._fn.experimental_get_tracing_count() == 1
+    assert executor.train.tracing_count() == 1
+    assert executor.test.tracing_count() == 1
 
 
 def test_steps_per_execution_auto_tunes_from_step_time():
@@ -157,7 +157,7 @@ def test_steps_per_execution_auto_tunes_from_step_time():
     assert tuner.tuned and tuner.current > 1  # tiny steps: many per execution
     assert int(model.optimizer.iterations.numpy()) == 2 * 80  # no step lost or added
     assert len(calls) < 2 * 80  # fewer executions than steps
-    assert model._executor.train._fn.experimental_get_tracing_count() == 1  # never retraced
+    assert model._executor.train.tracing_count() == 1  # never retraced
     with pytest.raises((TypeError, ValueError), match="steps_per_execution"):
         model.compile(loss="mse", steps_per_execution="fast")
 
@@ -231,3 +231,30 @@ def test_a_batch_observer_keeps_the_compiled_length(tmp_path):
     counts = _count_executions(model)
     model.fit(x, y, batch_size=8, epochs=1, verbose=1)  # the progress bar alone: folded
     assert counts["train"] < 25
+
+
+def test_arrays_run_exact_executions_and_datasets_run_until_the_end():
+    """In-memory arrays read batches without an end-of-data check (their count is the
+    engine's own); a tf.data dataset keeps the check. Each form is traced only if used,
+    and both train on the same batches to the same numbers."""
+    x, y = _data(n=100)  # 7 batches of 16, the last of 4
+
+    def model():
+        m = tfk.Model(_net())
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution=3)
+        return m
+
+    arrays = model()
+    from_arrays = arrays.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    arrays.evaluate(x, y, batch_size=16, verbose=0)
+    arrays.predict(x, batch_size=16, verbose=0)
+    arrays.train_on_batch(x[:5], y[:5])
+    for kind in ("train", "test", "predict"):
+        assert list(getattr(arrays._executor, kind)._forms) == [True], kind
+
+    data = model()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    from_dataset = data.fit(dataset, epochs=2, verbose=0).history
+    assert list(data._executor.train._forms) == [False]
+    assert int(data.optimizer.iterations.numpy()) == int(arrays.optimizer.iterations.numpy()) - 1
+    np.testing.assert_allclose(from_dataset["loss"], from_arrays["loss"], rtol=1e-6)

@@ -78,4 +78,4 @@ def test_repeated_fit_evaluate_predict_do_not_leak():
     assert not [t for t in threading.enumerate() if t.name.startswith("tfk_pydataset")]
     # A leak of one dataset or function per round would cost far more than this.
     assert growth < max(40.0, 0.5 * ITERATIONS)
-    assert model._executor.train._fn.experimental_get_tracing_count() <= 2
+    assert model._executor.train.tracing_count() <= 2

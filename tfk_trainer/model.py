@@ -98,28 +98,29 @@ class _Executor:
     def __init__(self, model: Model, jit: bool, allow_fallback: bool, run_eagerly: bool):
         strategy = model.distribute_strategy
         self.train = execution.CompiledFunction(
-            lambda j: execution.make_step_loop(
-                strategy, model.train_step, jit=j, run_eagerly=run_eagerly
+            lambda j, exact: execution.make_step_loop(
+                strategy, model.train_step, jit=j, run_eagerly=run_eagerly, exact=exact
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
             kind="train",
         )
         self.test = execution.CompiledFunction(
-            lambda j: execution.make_step_loop(
-                strategy, model.test_step, jit=j, run_eagerly=run_eagerly
+            lambda j, exact: execution.make_step_loop(
+                strategy, model.test_step, jit=j, run_eagerly=run_eagerly, exact=exact
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
             kind="test",
         )
         self.predict = execution.CompiledFunction(
-            lambda j: execution.make_predict_loop(
+            lambda j, exact: execution.make_predict_loop(
                 strategy,
                 model._predict_replica,
                 (model._state.output_structure, tf.TensorSpec([None], tf.bool)),
                 jit=j,
                 run_eagerly=run_eagerly,
+                exact=exact,
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
@@ -1088,13 +1089,18 @@ class Model(tf.Module):
             x, y, sample_weight, shuffle=False, class_weight=class_weight, whole_batch=True
         )
 
+    def _single_batch_is_exact(self) -> bool:
+        """One worker reads the one batch for sure; across workers a shard may be empty."""
+        return not execution._is_multi_worker(self.distribute_strategy)
+
     def _run_single(self, function, adapter) -> Any:
         dataset = adapter.get_dataset()
         self._ensure_built(dataset.element_spec)
         iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+        exact = self._single_batch_is_exact()
         while True:
             try:
-                return getattr(self._executor, function)(iterator, tf.constant(1, tf.int64))
+                return getattr(self._executor, function)(iterator, tf.constant(1, tf.int64), exact)
             except execution.XlaFallback:
                 iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
 
@@ -1128,7 +1134,9 @@ class Model(tf.Module):
         dataset = adapter.get_dataset()
         self._ensure_predict_ready(dataset.element_spec)
         iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
-        _, outputs = self._executor.predict(iterator, tf.constant(1, tf.int64))
+        _, outputs = self._executor.predict(
+            iterator, tf.constant(1, tf.int64), self._single_batch_is_exact()
+        )
         return drop_padding(outputs)
 
     # -- saving --------------------------------------------------------------

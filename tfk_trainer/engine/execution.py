@@ -1,10 +1,18 @@
 """The compiled execution: up to N steps per call, inside one `tf.function`.
 
-An execution is `tf.while_loop` over `iterator.get_next_as_optional()`, each
-iteration one `strategy.run(step)`. The number of steps is a *tensor*
-argument, so capping the last execution of an epoch at the steps that remain
-never retraces. The loop ends early on an empty Optional (the one
-end-of-data convention), and the execution returns how many steps ran.
+An execution is a `tf.while_loop` whose iterations each run one
+`strategy.run(step)`. The number of steps is a *tensor* argument, so capping
+the last execution of an epoch at the steps that remain never retraces.
+It comes in two forms:
+
+- *until the data ends*: each iteration reads `iterator.get_next_as_optional()`
+  and the loop ends early on an empty Optional (the one end-of-data
+  convention). The execution returns how many steps ran.
+- *exact*: for iterators the driver knows hold at least `num_steps` more
+  batches (in-memory arrays, whose batch count the engine itself made),
+  each iteration reads `iterator.get_next()` directly. This skips the
+  Optional and the `tf.cond` around the step, which is a measurable share of
+  a small step.
 Logs are not returned: metric variables stay on the device and `read_logs`
 reads them (in cross-replica context, which sums replica states) only when
 asked.
@@ -92,11 +100,16 @@ _XLA_FAILURE_MARKERS = (
 
 
 class CompiledFunction:
-    """One multi-step function, with the `"auto"` XLA fallback around its first call."""
+    """One multi-step function in its two forms (until the data ends, and exact),
+    with the `"auto"` XLA fallback around its first call.
+
+    Each form is built and traced on first use, so a model trained only on
+    arrays never traces the until-the-end form, and the reverse.
+    """
 
     def __init__(
         self,
-        build: Callable[[bool], Callable],
+        build: Callable[[bool, bool], Callable],
         *,
         jit_compile: bool,
         allow_fallback: bool,
@@ -106,20 +119,36 @@ class CompiledFunction:
         self._jit = jit_compile
         self._allow_fallback = allow_fallback and jit_compile
         self._kind = kind
-        self._fn = build(jit_compile)
+        self._forms: dict[bool, Callable] = {}
         self._succeeded = False
 
     @property
     def jit_compile(self) -> bool:
         return self._jit
 
-    def __call__(self, *args):
+    def _form(self, exact: bool) -> Callable:
+        fn = self._forms.get(exact)
+        if fn is None:
+            fn = self._forms[exact] = self._build(self._jit, exact)
+        return fn
+
+    def tracing_count(self) -> int:
+        """Traces so far, both forms together."""
+        return sum(
+            fn.experimental_get_tracing_count()
+            for fn in self._forms.values()
+            if hasattr(fn, "experimental_get_tracing_count")
+        )
+
+    def __call__(self, iterator, num_steps, exact: bool = False):
+        """Runs up to `num_steps` steps; `exact`: the iterator holds at least that many."""
+        fn = self._form(exact)
         if self._succeeded or not self._allow_fallback:
-            out = self._fn(*args)
+            out = fn(iterator, num_steps)
             self._succeeded = True
             return out
         try:
-            out = self._fn(*args)
+            out = fn(iterator, num_steps)
         except (
             tf.errors.InvalidArgumentError,
             tf.errors.UnimplementedError,
@@ -135,7 +164,7 @@ class CompiledFunction:
             )
             self._jit = False
             self._allow_fallback = False
-            self._fn = self._build(False)
+            self._forms.clear()
             raise XlaFallback() from e
         self._succeeded = True
         return out
@@ -150,10 +179,30 @@ def _step_fn(fn: Callable, jit: bool, run_eagerly: bool) -> Callable:
 
 
 def make_step_loop(
-    strategy: tf.distribute.Strategy, replica_fn: Callable, *, jit: bool, run_eagerly: bool
+    strategy: tf.distribute.Strategy,
+    replica_fn: Callable,
+    *,
+    jit: bool,
+    run_eagerly: bool,
+    exact: bool = False,
 ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
-    """`(iterator, num_steps) -> steps_run`: up to `num_steps` replica steps."""
+    """`(iterator, num_steps) -> steps_run`: up to `num_steps` replica steps
+    (exactly `num_steps` with `exact`, where the iterator must hold them)."""
     step = _step_fn(replica_fn, jit, run_eagerly)
+
+    def exact_steps(iterator, num_steps):
+        def body(i):
+            data = iterator.get_next()
+            # A clean name scope: summaries written in the model get their own
+            # tags, not "while/...".
+            with tf.compat.v1.name_scope(None):
+                strategy.run(step, args=(data,))
+            return (i + 1,)
+
+        (steps,) = tf.while_loop(
+            lambda i: i < num_steps, body, (tf.constant(0, tf.int64),), parallel_iterations=1
+        )
+        return steps
 
     def multi_step(iterator, num_steps):
         def cond(i, done):
@@ -176,9 +225,10 @@ def make_step_loop(
         )
         return steps
 
+    loop = exact_steps if exact else multi_step
     if run_eagerly:
-        return multi_step
-    return tf.function(multi_step, reduce_retracing=True)
+        return loop
+    return tf.function(loop, reduce_retracing=True)
 
 
 def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tensor:
@@ -195,6 +245,7 @@ def make_predict_loop(
     *,
     jit: bool,
     run_eagerly: bool,
+    exact: bool = False,
 ) -> Callable[[Any, tf.Tensor], tuple[tf.Tensor, Any]]:
     """`(iterator, num_steps) -> (steps_run, outputs)`, outputs gathered in the graph.
 
@@ -203,7 +254,7 @@ def make_predict_loop(
     and written to a TensorArray; one execution returns one concatenated
     array per output leaf. Across workers (MultiWorkerMirroredStrategy) the
     outputs are all-gathered, so every worker returns every prediction, in
-    input order.
+    input order. `exact`: as in `make_step_loop`.
     """
     gather_across_workers = _is_multi_worker(strategy)
     if gather_across_workers:
@@ -216,6 +267,42 @@ def make_predict_loop(
 
     step = _step_fn(replica_fn, jit, run_eagerly)
     dtypes = tf.nest.map_structure(lambda spec: spec.dtype, output_structure)
+
+    def predict_one(data, i, arrays):
+        """One step's outputs, as one local tensor per leaf, written at index `i`."""
+        with tf.compat.v1.name_scope(None):
+            outputs = strategy.run(step, args=(data,))
+        if gather_across_workers:
+            # Every replica holds the whole global batch, in replica order.
+            local = tf.nest.map_structure(
+                lambda o: strategy.experimental_local_results(o)[0], outputs
+            )
+        else:
+            local = tf.nest.map_structure(
+                lambda o: tf.concat(strategy.experimental_local_results(o), axis=0), outputs
+            )
+        return tf.nest.map_structure(
+            lambda ta, value: ta.write(tf.cast(i, tf.int32), value), arrays, local
+        )
+
+    def exact_steps(iterator, num_steps):
+        arrays = tf.nest.map_structure(
+            lambda dtype: tf.TensorArray(
+                dtype, size=tf.cast(num_steps, tf.int32), infer_shape=False
+            ),
+            dtypes,
+        )
+
+        def body(i, arrays):
+            return i + 1, predict_one(iterator.get_next(), i, arrays)
+
+        steps, arrays = tf.while_loop(
+            lambda i, arrays: i < num_steps,
+            body,
+            (tf.constant(0, tf.int64), arrays),
+            parallel_iterations=1,
+        )
+        return steps, tf.nest.map_structure(lambda ta: ta.concat(), arrays)
 
     def multi_step(iterator, num_steps):
         arrays = tf.nest.map_structure(
@@ -230,21 +317,7 @@ def make_predict_loop(
             optional = iterator.get_next_as_optional()
 
             def run():
-                with tf.compat.v1.name_scope(None):
-                    outputs = strategy.run(step, args=(optional.get_value(),))
-                if gather_across_workers:
-                    # Every replica holds the whole global batch, in replica order.
-                    local = tf.nest.map_structure(
-                        lambda o: strategy.experimental_local_results(o)[0], outputs
-                    )
-                else:
-                    local = tf.nest.map_structure(
-                        lambda o: tf.concat(strategy.experimental_local_results(o), axis=0), outputs
-                    )
-                written = tf.nest.map_structure(
-                    lambda ta, value: ta.write(tf.cast(i, tf.int32), value), arrays, local
-                )
-                return i + 1, tf.constant(False), written
+                return i + 1, tf.constant(False), predict_one(optional.get_value(), i, arrays)
 
             return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True), arrays))
 
@@ -260,6 +333,7 @@ def make_predict_loop(
         )
         return steps, outputs
 
+    loop = exact_steps if exact else multi_step
     if run_eagerly:
-        return multi_step
-    return tf.function(multi_step, reduce_retracing=True)
+        return loop
+    return tf.function(loop, reduce_retracing=True)

@@ -73,8 +73,12 @@ class Iterators:
         self._plan = plan
         self._first_epoch = first_epoch
         self._persistent = None
-        if _is_multi_worker(strategy) and hasattr(plan.adapter, "relax_all_dims"):
+        multi_worker = _is_multi_worker(strategy)
+        if multi_worker and hasattr(plan.adapter, "relax_all_dims"):
             plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
+        # Exact executions read without an end-of-data check. Across workers each
+        # worker's shard may hold a different number of batches, so never there.
+        self.exact = plan.adapter.exact_batches and not multi_worker
 
     def _make(self, epoch: int, repeat: bool, skip: int = 0):
         dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
@@ -172,6 +176,7 @@ def _steps_tensor(steps: int) -> tf.Tensor:
 def _run_execution(
     function: Callable,
     adapter: DataAdapter,
+    iterators: Iterators,
     iterator: Any,
     requested: int,
     tuner: StepsPerExecutionTuner | None,
@@ -179,7 +184,7 @@ def _run_execution(
     """One execution of up to `requested` steps; timed (host-synced) while `tuner` measures."""
     timing = tuner is not None and tuner.measuring
     started = time.perf_counter() if timing else 0.0
-    out = _execute(function, adapter, iterator, _steps_tensor(requested))
+    out = _execute(function, adapter, iterator, _steps_tensor(requested), iterators.exact)
     if timing:
         ran = out[0] if isinstance(out, tuple) else out
         tuner.observe(int(ran), time.perf_counter() - started)
@@ -229,7 +234,9 @@ class Driver:
             callbacks.on_test_batch_begin(step)
             requested = self._requested(tuner, plan, step)
             try:
-                ran_t = _run_execution(function, plan.adapter, iterator, requested, tuner)
+                ran_t = _run_execution(
+                    function, plan.adapter, iterators, iterator, requested, tuner
+                )
             except XlaFallback:
                 iterator = iterators.reset(0)
                 model.reset_metrics()
@@ -272,7 +279,7 @@ class Driver:
             requested = self._requested(tuner, plan, step)
             try:
                 ran_t, outputs = _run_execution(
-                    model._executor.predict, plan.adapter, iterator, requested, tuner
+                    model._executor.predict, plan.adapter, iterators, iterator, requested, tuner
                 )
             except XlaFallback:
                 iterator = iterators.reset(0)
@@ -352,7 +359,7 @@ class Driver:
                 callbacks.on_train_batch_begin(step)
                 try:
                     ran_t = _run_execution(
-                        model._executor.train, plan.adapter, iterator, requested, tuner
+                        model._executor.train, plan.adapter, iterators, iterator, requested, tuner
                     )
                 except XlaFallback:
                     if step:

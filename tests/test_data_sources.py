@@ -1,6 +1,7 @@
 """Generators and PyDatasets: same numbers as arrays, no replay, clean workers."""
 
 import threading
+import time
 
 import keras
 import numpy as np
@@ -192,6 +193,45 @@ def _tfk_threads():
 def test_thread_workers_run_three_epochs_and_stop():
     model = _model()
     model.fit(ArrayPyDataset(workers=4), epochs=3, verbose=0)
+    assert not _tfk_threads()
+
+
+class ThreadLoggingPyDataset(ArrayPyDataset):
+    """Records which thread read each batch; `delay` seconds per `__getitem__`."""
+
+    def __init__(self, delay, **kwargs):
+        super().__init__(**kwargs)
+        self.delay, self.readers = delay, []
+
+    def __len__(self):
+        return 2 * (N // B)  # the data twice: more batches than the 8 timed inline
+
+    def __getitem__(self, index):
+        time.sleep(self.delay)
+        self.readers.append(threading.current_thread().name)
+        return super().__getitem__(index % (N // B))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.003])
+def test_thread_workers_start_only_for_slow_batches(delay, monkeypatch):
+    """Fast batches are read in the pipeline's thread (threads cost more than they
+    save); batches taking >= 1 ms go to the workers after the first 8. Same batches
+    in the same order either way."""
+    from tfk_trainer.data import python_sources
+
+    if not delay:  # a loaded test machine must not make a fast batch look slow
+        monkeypatch.setattr(python_sources, "_THREADS_FROM_S", 0.002)
+    model = _model()
+    dataset = ThreadLoggingPyDataset(delay, workers=2)
+    got = model.predict(dataset, verbose=0)
+    expected = model.predict(X, batch_size=B, verbose=0)
+    np.testing.assert_allclose(got, np.concatenate([expected, expected]), rtol=1e-6)
+    pooled = [name.startswith("tfk_pydataset") for name in dataset.readers[1:]]  # [0]: the peek
+    assert len(pooled) == 2 * (N // B)
+    if delay:
+        assert pooled[:8] == [False] * 8 and all(pooled[8:])
+    else:
+        assert not any(pooled)
     assert not _tfk_threads()
 
 
@@ -436,15 +476,22 @@ def _pooling_model():
     return model
 
 
-@pytest.mark.parametrize("source", ["generator", "pydataset", "pydataset-threads"])
-def test_a_shape_change_mid_epoch_loses_no_batch(source):
+@pytest.mark.parametrize(
+    "source", ["generator", "pydataset", "pydataset-probing", "pydataset-threads"]
+)
+def test_a_shape_change_mid_epoch_loses_no_batch(source, monkeypatch):
     """Static dims from the first batch; a later different dim is relaxed without losing a batch."""
+    from tfk_trainer.data import python_sources
+
     batches = _varying_batches()
+    if source == "pydataset-threads":  # the pool from the second batch on, whatever it costs
+        monkeypatch.setattr(python_sources, "_PROBE_BATCHES", 1)
+        monkeypatch.setattr(python_sources, "_THREADS_FROM_S", 0.0)
 
     def make():
         if source == "generator":
             return lambda: iter(batches)
-        workers = 2 if source == "pydataset-threads" else 1
+        workers = 1 if source == "pydataset" else 2
         return _ListPyDataset(batches, workers=workers, max_queue_size=3)
 
     model = _pooling_model()

@@ -18,7 +18,10 @@ class PyDataset:
     Args:
         workers: number of threads (or processes) that call `__getitem__` in
             the background. 1 without multiprocessing reads in the input
-            pipeline's own thread.
+            pipeline's own thread. Threads start only when the first 8
+            batches of a pass take 1 ms or more each on average: a faster
+            `__getitem__` is read in the pipeline's thread, where it is
+            quicker than handing each batch to a thread.
         use_multiprocessing: use worker processes instead of threads. The
             dataset is pickled to each worker, so it must be picklable (its
             class defined at module level).

@@ -22,6 +22,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -336,9 +337,7 @@ class PyDatasetAdapter(_PythonSource):
             if not repeat:
                 return
 
-    def _executor(self) -> concurrent.futures.Executor | None:
-        if self._workers <= 1 and not self._use_processes:
-            return None
+    def _executor(self) -> concurrent.futures.Executor:
         if self._use_processes:
             executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self._workers,
@@ -360,15 +359,55 @@ class PyDatasetAdapter(_PythonSource):
         else:  # continue the interrupted pass: its carried batch, then its other indices
             indices, self._remaining = self._remaining, None
             yield carried
-        executor = self._executor()
-        if executor is None:
-            for index in indices:
-                try:
-                    yield self._check(self._get(index))
-                except _SpecChange:
-                    self._remaining = indices
-                    raise
+        if self._use_processes or self._workers > 1:
+            if not self._use_processes:
+                # Threads pay for themselves only on batches that take a while to
+                # make: time a few first, in this thread, before starting any.
+                slow = yield from self._probe(indices)
+                if not slow:
+                    yield from self._inline(indices)
+                    return
+            yield from self._pooled(indices)
             return
+        yield from self._inline(indices)
+
+    def _inline(self, indices: Iterator[int]) -> Iterator[tuple]:
+        """Batches read in the producer's own thread (tf.data runs it in the background)."""
+        for index in indices:
+            try:
+                yield self._check(self._get(index))
+            except _SpecChange:
+                self._remaining = indices
+                raise
+
+    def _probe(self, indices: Iterator[int]):
+        """Reads up to `_PROBE_BATCHES` batches inline, timing `__getitem__`; returns
+        whether they took long enough (`_THREADS_FROM_S` on average) for threads to help.
+
+        A producer thread already overlaps batch making with the training step;
+        `workers` threads add throughput only when one thread cannot keep up,
+        and each handoff costs tens of microseconds of thread switching and GIL
+        contention, which on a fast `__getitem__` (a slice of an in-memory list)
+        made the workers slower than one thread.
+        """
+        spent, count = 0.0, 0
+        for index in indices:
+            started = time.perf_counter()
+            batch = self._get(index)
+            spent += time.perf_counter() - started
+            count += 1
+            try:
+                yield self._check(batch)
+            except _SpecChange:
+                self._remaining = indices
+                raise
+            if count >= _PROBE_BATCHES:
+                break
+        return count > 0 and spent / count >= _THREADS_FROM_S
+
+    def _pooled(self, indices: Iterator[int]) -> Iterator[tuple]:
+        """Batches read by the worker pool, up to `max_queue_size` ahead, in order."""
+        executor = self._executor()
         pending: deque = deque()  # (index, future)
         fetch = _fetch_item if self._use_processes else self._get
         try:
@@ -396,6 +435,12 @@ class PyDatasetAdapter(_PythonSource):
         for executor in list(self._executors):
             executor.shutdown(wait=True, cancel_futures=True)
         self._executors.clear()
+
+
+# Thread workers start only when `__getitem__` averages this long over the first
+# batches of a pass: below it one producer thread makes over 1000 batches a second.
+_THREADS_FROM_S = 1e-3
+_PROBE_BATCHES = 8
 
 
 def _count() -> Iterator[int]:

@@ -486,6 +486,7 @@ def test_bad_input(case: Case, tmp_path: Path):
             assert not message.startswith(_TRACE_PREFIXES), (
                 f"the message starts with a TensorFlow trace:\n{message[:600]}"
             )
+            assert "\x1b[" not in message, f"terminal colour codes in the message: {message!r}"
     if case.after is not None:
         case.after(tmp_path)
 

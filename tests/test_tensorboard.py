@@ -273,6 +273,28 @@ def test_profile_batch_writes_a_profile_and_stops_the_profiler(tmp_path):
     tf.profiler.experimental.stop()
 
 
+def test_a_fit_that_raises_inside_the_profile_window_stops_the_profiler(tmp_path):
+    """on_train_end does not run when fit raises (as in Keras); the profiler is still
+    stopped then, not left on to block every later profiler in the process."""
+
+    class Boom(tfk.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch >= 2:  # batch ends come per execution: the first at or after 2
+                raise RuntimeError("boom at batch 2")
+
+    x, y = _data()
+    model = _model()
+    tb = TensorBoard(tmp_path, profile_batch=(1, 6), write_graph=False)
+    with pytest.raises(RuntimeError, match="boom at batch 2"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[tb, Boom()], verbose=0)
+    assert not tb._profiling
+    tf.profiler.experimental.start(str(tmp_path / "after"))
+    tf.profiler.experimental.stop()
+    # The callback still works for the next fit.
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[tb], verbose=0)
+    assert _steps(_events(tmp_path / "train"), "epoch_loss") == [0]
+
+
 def test_evaluate_alone_logs_against_optimizer_iterations(tmp_path):
     x, y = _data()
     model = _model()

@@ -482,9 +482,10 @@ class Model(tf.Module):
             try:
                 y_pred = self(dummy, training=False)
             except Exception as e:
+                detail = checks.strip_ansi(str(e))  # Keras colours its layer names
                 raise ValueError(
                     f"Calling the model on `x` (a batch shaped like the data) failed: "
-                    f"{type(e).__name__}: {e}\nInput structure: {x_spec}"
+                    f"{type(e).__name__}: {detail}\nInput structure: {x_spec}"
                 ) from e
         state.output_structure = tf.nest.map_structure(
             lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
@@ -965,6 +966,9 @@ class Model(tf.Module):
                 validation=validation,
                 validation_freq=validation_freq,
             )
+        except BaseException:
+            callback_list.on_train_abort()
+            raise
         finally:
             adapter.close()
             if validation_data is not None:

@@ -10,8 +10,11 @@ synchronises the host per execution.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+log = logging.getLogger("tfk_trainer")
 
 
 class Callback:
@@ -197,6 +200,23 @@ class CallbackList:
 
     def on_train_end(self, logs=None):
         self._call("on_train_end", logs=logs)
+
+    def on_train_abort(self) -> None:
+        """`fit` is leaving with an exception, so `on_train_end` will not run (as in
+        Keras). Callbacks that hold process-wide resources release them here
+        through an optional `_on_train_abort()` (TensorBoard stops its profiler,
+        which would otherwise stay on and block every later profiler). A failure
+        here is logged, never raised over the original exception."""
+        for cb in self.callbacks:
+            release = getattr(cb, "_on_train_abort", None)
+            if release is None:
+                continue
+            try:
+                release()
+            except Exception:  # noqa: BLE001 - the training error is the one to surface
+                log.warning(
+                    "%s could not clean up after a failed fit", type(cb).__name__, exc_info=True
+                )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._call("on_epoch_begin", epoch, logs=logs)

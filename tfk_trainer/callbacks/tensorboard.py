@@ -577,6 +577,15 @@ class TensorBoard(Callback):
                     image = tf.reshape(image, [1, value.shape[0], value.shape[1], 1])
                     tf.summary.image(f"{tag}_image", image, step=epoch)
 
+    def _on_train_abort(self) -> None:
+        """Fit raised: stop the profiler and graph trace now and flush what was written
+        (the writers stay usable; the next fit or `close()` tidies the rest)."""
+        self._abandon_previous_fit()
+        self._in_fit = False
+        self._in_execution = False
+        for writer in self._writers.values():
+            writer.flush()
+
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._abandon_previous_fit()
         self._in_fit = False

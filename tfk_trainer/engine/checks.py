@@ -59,10 +59,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _BOILERPLATE = ("Exception encountered when calling", "Arguments received by", "\u2022")
 
 
+def strip_ansi(text: str) -> str:
+    """Text without terminal colour codes (Keras puts them in its layer errors)."""
+    return _ANSI.sub("", text)
+
+
 def short_reason(error: BaseException, limit: int = 400) -> str:
     """`Type: the line that says what failed`: Keras wraps a layer's error in
     "Exception encountered when calling ..." and a list of the arguments."""
-    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line.strip() for line in strip_ansi(str(error)).splitlines()]
     lines = [line for line in lines if line]
     useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
     text = (useful or lines or [""])[0].rstrip(".")

@@ -39,7 +39,6 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from binary_helpers import ENV, REPO, TRAIN, write_config
 
 import tfk_trainer as tfk
 from tfk_trainer import callbacks as cbs
@@ -536,15 +536,6 @@ def test_out_of_range_labels_in_a_dataset_under_xla_train_to_a_nan_loss():
 
 # -- the binary: bad flags and configs ---------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN = str(REPO / "tools" / "train.py")
-ENV = {
-    **os.environ,
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "CUDA_VISIBLE_DEVICES": "",
-    "PYTHONUNBUFFERED": "1",
-}
-
 TINY = """
     config = base_config(model="mlp", data="synthetic")
     config.model.hidden_units = (8, 8)
@@ -557,13 +548,6 @@ TINY = """
     config.train.steps_per_execution = 1
     config.eval.batch_size = 16
 """
-
-
-def _write_config(path: Path, body: str) -> Path:
-    text = "from tfk_trainer.train.config import base_config\n\n\ndef get_config():\n"
-    text += textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n    return config\n"
-    path.write_text(text)
-    return path
 
 
 def _unwritable_model_dir(d: Path) -> str:
@@ -607,7 +591,7 @@ def _argv(cases: list[BinaryCase], d: Path) -> list[str]:
     assert all(c.config == first.config and c.model_dir == first.model_dir for c in cases)
     argv = [TRAIN]
     if first.config is not None:
-        config = _write_config(d / "config.py", first.config.replace("{d}", str(d)))
+        config = write_config(d / "config.py", first.config.replace("{d}", str(d)))
         argv.append(f"--config={config}")
     if first.model_dir is not None:
         model_dir = first.model_dir

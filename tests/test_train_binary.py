@@ -13,23 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from binary_helpers import ENV, REPO, TRAIN, write_config
 
 from tfk_trainer.datasets import fashion_mnist
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN = str(REPO / "tools" / "train.py")
-ENV = {
-    **os.environ,
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "CUDA_VISIBLE_DEVICES": "",
-    "PYTHONUNBUFFERED": "1",
-}
 PREEMPTED = 143
 FAIL_FAST_SECONDS = 20
 
@@ -66,15 +58,6 @@ def _fashion_mnist_present() -> bool:
         return all(os.path.isfile(os.path.join(folder, f)) for f in fashion_mnist.FILES.values())
     except Exception:  # noqa: BLE001
         return False
-
-
-def write_config(path: Path, body: str, header: str = "") -> Path:
-    """A config file: `header` at module level, `body` inside get_config()."""
-    text = "from tfk_trainer.train.config import base_config\n"
-    text += textwrap.dedent(header) + "\n\ndef get_config():\n"
-    text += textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n    return config\n"
-    path.write_text(text)
-    return path
 
 
 def start(config: Path, model_dir: Path, *args: str) -> subprocess.Popen:

@@ -1,0 +1,27 @@
+"""What the tests that run the `tools/train.py` binary in subprocesses share:
+where it is, the environment it runs in, and how a config file is written."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = str(REPO / "tools" / "train.py")
+# No GPU, TensorFlow's C++ logs quiet, output unbuffered (tests read it as it comes).
+ENV = {
+    **os.environ,
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def write_config(path: Path, body: str, header: str = "") -> Path:
+    """A config file: `header` at module level, `body` inside get_config()."""
+    text = "from tfk_trainer.train.config import base_config\n"
+    text += textwrap.dedent(header) + "\n\ndef get_config():\n"
+    text += textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n    return config\n"
+    path.write_text(text)
+    return path

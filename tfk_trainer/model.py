@@ -661,10 +661,12 @@ class Model(tf.Module):
                 counts.append(tf.cast(count, tf.float32))
             else:
                 reducible.append(None)
-        reduced = step_lib.all_reduce_sum(tf.stack(counts + [local_batch]))
+        if step_lib.num_replicas() == 1:
+            reduced = counts + [local_batch]  # nothing to sum: no stack, no slices
+        else:
+            reduced = step_lib.all_reduce_sum(tf.stack(counts + [local_batch]))
         global_batch = reduced[-1]
-        total = tf.constant(0.0, tf.float32)
-        shares = []
+        terms, shares = [], []
         slots = iter(reducible)
         for output, local_sum in zip(outputs, sums):
             if local_sum is None:
@@ -673,10 +675,16 @@ class Model(tf.Module):
             slot = next(slots)
             share = local_sum if slot is None else step_lib.divide_no_nan(local_sum, reduced[slot])
             shares.append(share)
-            total += output.weight * share
+            terms.append(share if output.weight == 1 else output.weight * share)
         extra = self.losses
         if extra:
-            total += tf.add_n([tf.cast(v, tf.float32) for v in extra]) / step_lib.num_replicas()
+            terms.append(
+                tf.add_n([tf.cast(v, tf.float32) for v in extra]) / step_lib.num_replicas()
+            )
+        # Summed in order, as before; one unweighted output is its own total (no ops).
+        total = tf.constant(0.0, tf.float32) if not terms else terms[0]
+        for term in terms[1:]:
+            total += term
         return total, global_batch, shares
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:

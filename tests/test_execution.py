@@ -258,3 +258,23 @@ def test_arrays_run_exact_executions_and_datasets_run_until_the_end():
     assert list(data._executor.train._forms) == [False]
     assert int(data.optimizer.iterations.numpy()) == int(arrays.optimizer.iterations.numpy()) - 1
     np.testing.assert_allclose(from_dataset["loss"], from_arrays["loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["arrays", "dataset", "mirrored"])
+def test_predict_steps_may_overlap_but_rows_keep_their_order(source, mirrored_strategy):
+    """Predict executions let consecutive steps overlap (parallel iterations); the
+    iterator's reads stay in order, so row i of the output is row i of the input."""
+    x = np.arange(2 * 337, dtype="float32").reshape(337, 2)  # 43 batches of 8, the last of 1
+    strategy = mirrored_strategy(4) if source == "mirrored" else tf.distribute.get_strategy()
+    with strategy.scope():
+        net = keras.Sequential(
+            [keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="identity")]
+        )
+        model = tfk.Model(net)
+        model.compile(loss="mse", steps_per_execution=16)
+    if source == "dataset":
+        kwargs = {"x": tf.data.Dataset.from_tensor_slices(x).batch(8)}
+    else:
+        kwargs = {"x": x, "batch_size": 8}
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict(**kwargs, verbose=0), x)

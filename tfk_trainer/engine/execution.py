@@ -32,6 +32,14 @@ import tensorflow as tf
 
 log = logging.getLogger("tfk_trainer")
 
+# Predict steps update no variables, so consecutive steps of one execution may
+# overlap (the next batch's forward pass starting while this one finishes);
+# stateful ops, the iterator's reads among them, still run in order, so rows
+# keep their order. A transformer predicted 1.3-1.8x faster this way on 2 cores.
+# Train and test steps update variables (weights, metrics), which orders every
+# step after the last: nothing to gain there.
+_PREDICT_PARALLEL_ITERATIONS = 10
+
 
 def _is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__.startswith("TPUStrategy")
@@ -300,7 +308,7 @@ def make_predict_loop(
             lambda i, arrays: i < num_steps,
             body,
             (tf.constant(0, tf.int64), arrays),
-            parallel_iterations=1,
+            parallel_iterations=_PREDICT_PARALLEL_ITERATIONS,
         )
         return steps, tf.nest.map_structure(lambda ta: ta.concat(), arrays)
 
@@ -325,7 +333,7 @@ def make_predict_loop(
             cond,
             body,
             (tf.constant(0, tf.int64), tf.constant(False), arrays),
-            parallel_iterations=1,
+            parallel_iterations=_PREDICT_PARALLEL_ITERATIONS,
         )
         outputs = tf.nest.map_structure(
             lambda ta: tf.cond(steps > 0, ta.concat, lambda: tf.zeros([0], ta.dtype)),

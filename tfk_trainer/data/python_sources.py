@@ -371,25 +371,9 @@ class PyDatasetAdapter(_PythonSource):
             return
         yield from self._inline(indices)
 
-    def _inline(self, indices: Iterator[int]) -> Iterator[tuple]:
-        """Batches read in the producer's own thread (tf.data runs it in the background)."""
-        for index in indices:
-            try:
-                yield self._check(self._get(index))
-            except _SpecChange:
-                self._remaining = indices
-                raise
-
-    def _probe(self, indices: Iterator[int]):
-        """Reads up to `_PROBE_BATCHES` batches inline, timing `__getitem__`; returns
-        whether they took long enough (`_THREADS_FROM_S` on average) for threads to help.
-
-        A producer thread already overlaps batch making with the training step;
-        `workers` threads add throughput only when one thread cannot keep up,
-        and each handoff costs tens of microseconds of thread switching and GIL
-        contention, which on a fast `__getitem__` (a slice of an in-memory list)
-        made the workers slower than one thread.
-        """
+    def _inline(self, indices: Iterator[int], limit: int | None = None):
+        """Batches read in the producer's own thread (tf.data runs it in the background),
+        at most `limit` of them; returns `(seconds spent in __getitem__, batches read)`."""
         spent, count = 0.0, 0
         for index in indices:
             started = time.perf_counter()
@@ -401,8 +385,21 @@ class PyDatasetAdapter(_PythonSource):
             except _SpecChange:
                 self._remaining = indices
                 raise
-            if count >= _PROBE_BATCHES:
+            if count == limit:
                 break
+        return spent, count
+
+    def _probe(self, indices: Iterator[int]):
+        """Reads up to `_PROBE_BATCHES` batches inline, timing `__getitem__`; returns
+        whether they took long enough (`_THREADS_FROM_S` on average) for threads to help.
+
+        A producer thread already overlaps batch making with the training step;
+        `workers` threads add throughput only when one thread cannot keep up,
+        and each handoff costs tens of microseconds of thread switching and GIL
+        contention, which on a fast `__getitem__` (a slice of an in-memory list)
+        made the workers slower than one thread.
+        """
+        spent, count = yield from self._inline(indices, limit=_PROBE_BATCHES)
         return count > 0 and spent / count >= _THREADS_FROM_S
 
     def _pooled(self, indices: Iterator[int]) -> Iterator[tuple]:

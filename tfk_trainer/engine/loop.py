@@ -80,6 +80,10 @@ class Iterators:
         # worker's shard may hold a different number of batches, so never there.
         self.exact = plan.adapter.exact_batches and not multi_worker
 
+    @property
+    def adapter(self) -> DataAdapter:
+        return self._plan.adapter
+
     def _make(self, epoch: int, repeat: bool, skip: int = 0):
         dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
         if skip:
@@ -175,7 +179,6 @@ def _steps_tensor(steps: int) -> tf.Tensor:
 
 def _run_execution(
     function: Callable,
-    adapter: DataAdapter,
     iterators: Iterators,
     iterator: Any,
     requested: int,
@@ -184,7 +187,7 @@ def _run_execution(
     """One execution of up to `requested` steps; timed (host-synced) while `tuner` measures."""
     timing = tuner is not None and tuner.measuring
     started = time.perf_counter() if timing else 0.0
-    out = _execute(function, adapter, iterator, _steps_tensor(requested), iterators.exact)
+    out = _execute(function, iterators.adapter, iterator, _steps_tensor(requested), iterators.exact)
     if timing:
         ran = out[0] if isinstance(out, tuple) else out
         tuner.observe(int(ran), time.perf_counter() - started)
@@ -234,9 +237,7 @@ class Driver:
             callbacks.on_test_batch_begin(step)
             requested = self._requested(tuner, plan, step)
             try:
-                ran_t = _run_execution(
-                    function, plan.adapter, iterators, iterator, requested, tuner
-                )
+                ran_t = _run_execution(function, iterators, iterator, requested, tuner)
             except XlaFallback:
                 iterator = iterators.reset(0)
                 model.reset_metrics()
@@ -279,7 +280,7 @@ class Driver:
             requested = self._requested(tuner, plan, step)
             try:
                 ran_t, outputs = _run_execution(
-                    model._executor.predict, plan.adapter, iterators, iterator, requested, tuner
+                    model._executor.predict, iterators, iterator, requested, tuner
                 )
             except XlaFallback:
                 iterator = iterators.reset(0)
@@ -359,7 +360,7 @@ class Driver:
                 callbacks.on_train_batch_begin(step)
                 try:
                     ran_t = _run_execution(
-                        model._executor.train, plan.adapter, iterators, iterator, requested, tuner
+                        model._executor.train, iterators, iterator, requested, tuner
                     )
                 except XlaFallback:
                     if step:

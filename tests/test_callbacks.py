@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL
 
 import tfk_trainer as tfk
 
@@ -326,7 +327,7 @@ def test_predict_batch_end_gets_outputs():
         assert set(logs) == {"outputs"}
         assert np.asarray(logs["outputs"]).shape == (10, 1)
     gathered = np.concatenate([np.asarray(logs["outputs"]) for _, logs in cb.logs])
-    np.testing.assert_allclose(gathered, preds)
+    np.testing.assert_allclose(gathered, preds, atol=ATOL)
 
 
 def test_predict_hook_order():

@@ -14,12 +14,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL, ATOL_MULTI, RTOL, assert_dict_close, assert_history_equal
 
 import tfk_trainer as tfk
-
-RTOL = 1e-5
-ATOL = 1e-6
-ATOL_MULTI = 1e-5
 
 LOSS = {"a": "sparse_categorical_crossentropy", "b": "mse"}
 LOSS_WEIGHTS = {"a": 1.0, "b": 0.5}
@@ -85,21 +82,10 @@ def sgd():
 # -- assertions --------------------------------------------------------------------
 
 
-def assert_history_equal(ref, got, rtol=RTOL, atol=ATOL) -> None:
-    assert list(got.history) == list(ref.history)
-    for key, values in ref.history.items():
-        np.testing.assert_allclose(got.history[key], values, rtol=rtol, atol=atol, err_msg=key)
-
-
 def assert_weights_equal(ref_net, model, rtol=RTOL, atol=ATOL) -> None:
     for i, (g, e) in enumerate(zip(model.network.get_weights(), ref_net.get_weights())):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"weight {i}")
 
-
-def assert_dict_close(got: dict, expected: dict, rtol=RTOL, atol=ATOL) -> None:
-    assert sorted(got) == sorted(expected)
-    for key, value in expected.items():
-        np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=key)
 
 
 def fit_both(ref_net, net, compile_kwargs, fit_kwargs, make_optimizer=sgd):
@@ -143,7 +129,7 @@ def test_dict_outputs_match_keras(targets):
     assert list(got) == DICT_KEYS
     assert_dict_close(got, expected)
     as_list = model.evaluate(x, y, batch_size=16, verbose=0)
-    np.testing.assert_allclose(as_list, [got[k] for k in model.metrics_names], rtol=1e-7)
+    np.testing.assert_allclose(as_list, [got[k] for k in model.metrics_names], rtol=1e-7, atol=ATOL)
 
     pred = model.predict(x, batch_size=16, verbose=0)
     ref_pred = ref_net.predict(x, batch_size=16, verbose=0)
@@ -221,7 +207,7 @@ def test_loss_weights_list_and_dict_match_keras(form):
     assert_history_equal(ref_hist, hist)
     assert_weights_equal(ref_net, model)
     got = model.evaluate(x, {"a": ya, "b": yb}, batch_size=96, verbose=0, return_dict=True)
-    np.testing.assert_allclose(got["loss"], 0.3 * got["a_loss"] + 2.0 * got["b_loss"], rtol=RTOL)
+    np.testing.assert_allclose(got["loss"], 0.3 * got["a_loss"] + 2.0 * got["b_loss"], rtol=RTOL, atol=ATOL)
 
 
 def test_loss_weights_float_scales_every_output():
@@ -238,7 +224,7 @@ def test_loss_weights_float_scales_every_output():
     assert_history_equal(ref_hist, hist)
     assert_weights_equal(ref_net, model)
     got = model.evaluate(x, y, batch_size=96, verbose=0, return_dict=True)
-    np.testing.assert_allclose(got["loss"], 0.25 * (got["a_loss"] + got["b_loss"]), rtol=RTOL)
+    np.testing.assert_allclose(got["loss"], 0.25 * (got["a_loss"] + got["b_loss"]), rtol=RTOL, atol=ATOL)
 
 
 def test_single_loss_applies_to_every_output():
@@ -252,10 +238,10 @@ def test_single_loss_applies_to_every_output():
     assert_history_equal(ref_hist, hist)
     assert_weights_equal(ref_net, model)
     got = model.evaluate(x, y, batch_size=96, verbose=0, return_dict=True)
-    np.testing.assert_allclose(got["loss"], got["a_loss"] + got["b_loss"], rtol=RTOL)
+    np.testing.assert_allclose(got["loss"], got["a_loss"] + got["b_loss"], rtol=RTOL, atol=ATOL)
     pred = model.predict(x, batch_size=96, verbose=0)
-    np.testing.assert_allclose(got["a_loss"], np.mean((pred["a"] - y["a"]) ** 2), rtol=RTOL)
-    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL)
+    np.testing.assert_allclose(got["a_loss"], np.mean((pred["a"] - y["a"]) ** 2), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL, atol=ATOL)
 
 
 # -- 4. partial last batch: per-output losses are exact means ---------------------------------
@@ -275,10 +261,10 @@ def test_partial_last_batch_per_output_losses_are_exact():
     model = tfk.Model(dict_net())
     model.compile(optimizer=sgd(), loss=LOSS, loss_weights={"a": 0.7, "b": 0.2})
     got = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
-    np.testing.assert_allclose(got["loss"], 0.7 * got["a_loss"] + 0.2 * got["b_loss"], rtol=RTOL)
+    np.testing.assert_allclose(got["loss"], 0.7 * got["a_loss"] + 0.2 * got["b_loss"], rtol=RTOL, atol=ATOL)
     pred = model.predict(x, batch_size=32, verbose=0)
-    np.testing.assert_allclose(got["a_loss"], np.mean(sparse_ce(ya, pred["a"])), rtol=RTOL)
-    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL)
+    np.testing.assert_allclose(got["a_loss"], np.mean(sparse_ce(ya, pred["a"])), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL, atol=ATOL)
 
 
 def test_partial_last_batch_keras_per_output_loss_differs():
@@ -300,7 +286,7 @@ def test_partial_last_batch_keras_per_output_loss_differs():
     if np.isclose(keras_logs["b_loss"], got["b_loss"], rtol=1e-4):
         pytest.skip("Keras now weights per-output losses by batch size")
     pred = model.predict(x, batch_size=32, verbose=0)
-    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL)
+    np.testing.assert_allclose(got["b_loss"], np.mean((pred["b"] - yb) ** 2), rtol=RTOL, atol=ATOL)
 
 
 def test_partial_last_batch_fit_logs_are_exact():
@@ -314,9 +300,9 @@ def test_partial_last_batch_fit_logs_are_exact():
     pred = model.predict(x, batch_size=32, verbose=0)
     a_loss = np.mean(sparse_ce(ya, pred["a"]))
     b_loss = np.mean((pred["b"] - yb) ** 2)
-    np.testing.assert_allclose(hist.history["a_loss"][0], a_loss, rtol=RTOL)
-    np.testing.assert_allclose(hist.history["b_loss"][0], b_loss, rtol=RTOL)
-    np.testing.assert_allclose(hist.history["loss"][0], a_loss + 0.5 * b_loss, rtol=RTOL)
+    np.testing.assert_allclose(hist.history["a_loss"][0], a_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(hist.history["b_loss"][0], b_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(hist.history["loss"][0], a_loss + 0.5 * b_loss, rtol=RTOL, atol=ATOL)
 
 
 # -- 5. the dict model under MirroredStrategy ---------------------------------------------------
@@ -385,12 +371,12 @@ def test_subclassed_dict_outputs():
     assert list(hist.history) == ["loss", "y_loss", "z_loss", "z_mae"]
     assert hist.history["loss"][1] < hist.history["loss"][0]
     got = model.evaluate(x, y, batch_size=96, verbose=0, return_dict=True)
-    np.testing.assert_allclose(got["loss"], got["y_loss"] + got["z_loss"], rtol=RTOL)
+    np.testing.assert_allclose(got["loss"], got["y_loss"] + got["z_loss"], rtol=RTOL, atol=ATOL)
     pred = model.predict(x, batch_size=96, verbose=0)
     assert sorted(pred) == ["y", "z"]
-    np.testing.assert_allclose(got["z_loss"], np.mean((pred["z"] - yb) ** 2), rtol=RTOL)
-    np.testing.assert_allclose(got["z_mae"], np.mean(np.abs(pred["z"] - yb)), rtol=RTOL)
-    np.testing.assert_allclose(got["y_loss"], np.mean(sparse_ce(ya, pred["y"])), rtol=RTOL)
+    np.testing.assert_allclose(got["z_loss"], np.mean((pred["z"] - yb) ** 2), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["z_mae"], np.mean(np.abs(pred["z"] - yb)), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["y_loss"], np.mean(sparse_ce(ya, pred["y"])), rtol=RTOL, atol=ATOL)
 
 
 # -- 7. sample weights ------------------------------------------------------------------------
@@ -419,15 +405,15 @@ def test_sample_weight_per_output(form):
     a_loss = np.sum(swa * sparse_ce(ya, pred["a"])) / n
     b_loss = np.sum(swb * (pred["b"][:, 0] - yb[:, 0]) ** 2) / n
     correct = (np.argmax(pred["a"], axis=1) == ya).astype("float64")
-    np.testing.assert_allclose(got["a_loss"], a_loss, rtol=RTOL)
-    np.testing.assert_allclose(got["b_loss"], b_loss, rtol=RTOL)
-    np.testing.assert_allclose(got["loss"], a_loss + 0.5 * b_loss, rtol=RTOL)
-    np.testing.assert_allclose(got["a_accuracy"], correct.mean(), rtol=RTOL)
+    np.testing.assert_allclose(got["a_loss"], a_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["b_loss"], b_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["loss"], a_loss + 0.5 * b_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["a_accuracy"], correct.mean(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(
-        got["a_weighted_accuracy"], np.sum(swa * correct) / np.sum(swa), rtol=RTOL
+        got["a_weighted_accuracy"], np.sum(swa * correct) / np.sum(swa), rtol=RTOL, atol=ATOL
     )
     np.testing.assert_allclose(
-        got["b_mae"], np.sum(swb * np.abs(pred["b"][:, 0] - yb[:, 0])) / np.sum(swb), rtol=RTOL
+        got["b_mae"], np.sum(swb * np.abs(pred["b"][:, 0] - yb[:, 0])) / np.sum(swb), rtol=RTOL, atol=ATOL
     )
     # Training with the weights uses them: zero weight on output b leaves
     # that head's own layer untouched.
@@ -660,7 +646,7 @@ def test_gradient_clipping_across_replicas_mixed_float16(mirrored_strategy):
     (single, single_loss), (multi, multi_loss) = results
     for i, (a, b) in enumerate(zip(multi, single)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4, err_msg=f"weight {i}")
-    np.testing.assert_allclose(multi_loss, single_loss, rtol=1e-3)
+    np.testing.assert_allclose(multi_loss, single_loss, rtol=1e-3, atol=ATOL)
 
 
 def test_mixed_float16_overflow_skipped_across_replicas_with_clipping(mirrored_strategy):

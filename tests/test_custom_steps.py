@@ -14,12 +14,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL, ATOL_MULTI, RTOL
 
 import tfk_trainer as tfk
-
-RTOL = 1e-5
-ATOL = 1e-6
-ATOL_MULTI = 1e-5
 
 # -- data, networks, helpers ------------------------------------------------------------
 
@@ -182,8 +179,8 @@ def test_custom_train_step_matches_keras():
     ref = KerasCustomTrainStep(net)
     ref.compile(optimizer=sgd(), loss="mse", metrics=["mae"])
     ref_hist = ref.fit(x, y, **FIT)
-    np.testing.assert_allclose(hist.history["my_loss"], ref_hist.history["my_loss"], rtol=RTOL)
-    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"], rtol=RTOL)
+    np.testing.assert_allclose(hist.history["my_loss"], ref_hist.history["my_loss"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"], rtol=RTOL, atol=ATOL)
     assert_weights_close(model.network.get_weights(), net.get_weights())
     # Plain per-batch means of equal batches: the epoch mean of the batch losses.
     assert hist.history["my_loss"][1] < hist.history["my_loss"][0]
@@ -222,7 +219,7 @@ def test_custom_test_step_and_predict_step():
     model = build(CustomTestAndPredict, start_weights())
     logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     plain = model.network.predict(x, batch_size=16, verbose=0)
-    np.testing.assert_allclose(logs["my_loss"], np.mean(np.abs(y - plain)), rtol=RTOL)
+    np.testing.assert_allclose(logs["my_loss"], np.mean(np.abs(y - plain)), rtol=RTOL, atol=ATOL)
     pred = model.predict(x, batch_size=16, verbose=0)
     np.testing.assert_allclose(pred, 2.0 * plain, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.predict_on_batch(x[:5]), 2.0 * plain[:5], rtol=RTOL, atol=ATOL)
@@ -231,7 +228,7 @@ def test_custom_test_step_and_predict_step():
     assert "val_my_loss" in hist.history
     after = model.network.predict(x, batch_size=16, verbose=0)
     np.testing.assert_allclose(
-        hist.history["val_my_loss"][-1], np.mean(np.abs(y - after)), rtol=RTOL
+        hist.history["val_my_loss"][-1], np.mean(np.abs(y - after)), rtol=RTOL, atol=ATOL
     )
 
 
@@ -311,8 +308,8 @@ def test_compute_metrics_override_is_called():
     hist = model.fit(x, y, **FIT)
     # Called once per step (4 per epoch), and super() still updates "mae".
     assert hist.history["calls"] == [4.0, 4.0]
-    np.testing.assert_allclose(hist.history["mae"], default_hist.history["mae"], rtol=RTOL)
-    np.testing.assert_allclose(hist.history["loss"], default_hist.history["loss"], rtol=RTOL)
+    np.testing.assert_allclose(hist.history["mae"], default_hist.history["mae"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(hist.history["loss"], default_hist.history["loss"], rtol=RTOL, atol=ATOL)
     logs = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     assert logs["calls"] == 2.0
 
@@ -353,7 +350,7 @@ def test_add_loss_in_custom_layer_matches_keras():
     expected = ref.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     got = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=RTOL, err_msg=key)
+        np.testing.assert_allclose(got[key], expected[key], rtol=RTOL, err_msg=key, atol=ATOL)
     # The penalty is really in the loss: it exceeds the plain mse.
     pred = model.predict(x, batch_size=64, verbose=0)
     assert got["loss"] > np.mean((pred - y) ** 2) + 1e-4

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL
 
 import tfk_trainer as tfk
 
@@ -98,7 +99,7 @@ def test_every_source_matches_arrays_in_fit_evaluate_predict(
     np.testing.assert_allclose(
         model.evaluate(make_source(), verbose=0),
         reference.evaluate(X, Y, batch_size=B, verbose=0),
-        rtol=1e-5,
+        rtol=1e-5, atol=ATOL,
     )
     np.testing.assert_allclose(
         model.predict(make_source(), verbose=0),
@@ -116,7 +117,7 @@ def test_generator_matches_keras_fit():
     got = _model().fit(_batches(), epochs=1, verbose=0).history
     assert list(got) == list(expected)
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=ATOL)
 
 
 def test_infinite_generator_with_steps_per_epoch_never_replays():
@@ -225,7 +226,7 @@ def test_thread_workers_start_only_for_slow_batches(delay, monkeypatch):
     dataset = ThreadLoggingPyDataset(delay, workers=2)
     got = model.predict(dataset, verbose=0)
     expected = model.predict(X, batch_size=B, verbose=0)
-    np.testing.assert_allclose(got, np.concatenate([expected, expected]), rtol=1e-6)
+    np.testing.assert_allclose(got, np.concatenate([expected, expected]), rtol=1e-6, atol=ATOL)
     pooled = [name.startswith("tfk_pydataset") for name in dataset.readers[1:]]  # [0]: the peek
     assert len(pooled) == 2 * (N // B)
     if delay:
@@ -318,7 +319,7 @@ def test_validation_data_in_every_form():
         assert set(history.history) == expected_keys
     reference = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=(X, Y), verbose=0)
     got = _model().fit(X, Y, batch_size=B, epochs=2, validation_data=ArrayPyDataset(), verbose=0)
-    np.testing.assert_allclose(got.history["val_loss"], reference.history["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(got.history["val_loss"], reference.history["val_loss"], rtol=1e-5, atol=ATOL)
 
 
 def test_keras_pydataset_matches_keras_fit():
@@ -329,7 +330,7 @@ def test_keras_pydataset_matches_keras_fit():
     got = _model().fit(KerasPyDataset(), epochs=2, shuffle=False, verbose=0).history
     assert list(got) == list(expected)
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=ATOL)
 
 
 def test_class_weight_with_a_multi_output_model_is_a_clear_error():
@@ -346,7 +347,7 @@ def test_scipy_sparse_input_is_an_array_like():
     reference = _model()
     expected = reference.predict(X, batch_size=B, verbose=0)
     got = reference.predict(sparse.csr_matrix(X), batch_size=B, verbose=0)
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=ATOL)
 
 
 def test_pandas_dataframe_input_is_an_array_like():
@@ -354,7 +355,7 @@ def test_pandas_dataframe_input_is_an_array_like():
     reference = _model()
     expected = reference.predict(X, batch_size=B, verbose=0)
     np.testing.assert_allclose(
-        reference.predict(pd.DataFrame(X), batch_size=B, verbose=0), expected, rtol=1e-6
+        reference.predict(pd.DataFrame(X), batch_size=B, verbose=0), expected, rtol=1e-6, atol=ATOL
     )
 
 
@@ -496,10 +497,10 @@ def test_a_shape_change_mid_epoch_loses_no_batch(source, monkeypatch):
 
     model = _pooling_model()
     expected = np.concatenate([model.predict_on_batch(x) for x, _ in batches])
-    np.testing.assert_allclose(model.predict(make(), verbose=0), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(make(), verbose=0), expected, rtol=1e-6, atol=ATOL)
     evaluated = model.evaluate(make(), verbose=0, return_dict=True)
     losses = [float(np.mean((model.predict_on_batch(x) - y) ** 2)) for x, y in batches]
-    assert evaluated["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert evaluated["loss"] == pytest.approx(np.mean(losses), rel=1e-5, abs=ATOL)
     model.fit(make(), epochs=2, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2 * len(batches)
 

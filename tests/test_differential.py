@@ -17,12 +17,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL, ATOL_MULTI, RTOL, assert_dict_close, assert_history_equal
 
 import tfk_trainer as tfk
-
-RTOL = 1e-5
-ATOL = 1e-6
-ATOL_MULTI = 1e-5  # multi-replica runs sum gradients in a different order
 
 # -- data ----------------------------------------------------------------------
 
@@ -108,14 +105,6 @@ def copy_of(ref: keras.Model, builder, **kwargs) -> keras.Model:
 # -- assertions ------------------------------------------------------------------
 
 
-def assert_history_equal(ref, got, rtol: float = RTOL, atol: float = ATOL) -> None:
-    assert list(got.history) == list(ref.history)
-    assert got.epoch == ref.epoch
-    for key, values in ref.history.items():
-        assert len(got.history[key]) == len(values), key
-        np.testing.assert_allclose(got.history[key], values, rtol=rtol, atol=atol, err_msg=key)
-
-
 def assert_weights_equal(
     ref_net: keras.Model, model: tfk.Model, rtol: float = RTOL, atol: float = ATOL
 ) -> None:
@@ -128,11 +117,6 @@ def assert_weights_equal(
     for i, (g, e) in enumerate(zip(model.network.get_weights(), ref_net.get_weights())):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"network weight {i}")
 
-
-def assert_dict_close(got: dict, expected: dict, rtol: float = RTOL, atol: float = ATOL) -> None:
-    assert sorted(got) == sorted(expected)
-    for key, value in expected.items():
-        np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=key)
 
 
 def assert_eval_equal(ref_net, model, x, y, rtol=RTOL, atol=ATOL, **kwargs) -> None:
@@ -473,7 +457,7 @@ def test_evaluate_weighted_metrics_list_follows_metrics_names():
     as_dict = model.evaluate(x, y, batch_size=32, sample_weight=sw, verbose=0, return_dict=True)
     as_list = model.evaluate(x, y, batch_size=32, sample_weight=sw, verbose=0)
     assert model.metrics_names == ["loss", "mae", "weighted_mae"]
-    np.testing.assert_allclose(as_list, [as_dict[k] for k in model.metrics_names], rtol=1e-7)
+    np.testing.assert_allclose(as_list, [as_dict[k] for k in model.metrics_names], rtol=1e-7, atol=ATOL)
 
 
 @pytest.mark.parametrize("batch_size", [None, 32, 48])
@@ -537,7 +521,7 @@ def test_train_and_test_on_batch_weighted_metrics():
         assert_dict_close(got, expected)
         as_list = model.test_on_batch(xb, yb, sample_weight=swb)
         assert model.metrics_names == ["loss", "mae", "weighted_mae"]
-        np.testing.assert_allclose(as_list, [got[k] for k in model.metrics_names], rtol=1e-7)
+        np.testing.assert_allclose(as_list, [got[k] for k in model.metrics_names], rtol=1e-7, atol=ATOL)
     assert_weights_equal(ref_net, model)
 
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL
 
 import tfk_trainer as tfk
 from tfk_trainer.engine import execution
@@ -87,7 +88,7 @@ def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
     reference = tfk.Model(net())
     expected = _fit(reference, x, y, jit_compile=False, steps_per_execution=2)
     for key in expected:
-        np.testing.assert_allclose(history[key], expected[key], rtol=1e-6)
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-6, atol=ATOL)
 
 
 def test_one_device_strategy_matches_default():
@@ -99,7 +100,7 @@ def test_one_device_strategy_matches_default():
         model = tfk.Model(_net())
         got = _fit(model, x, y, steps_per_execution=4)
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6)
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=ATOL)
 
 
 def test_predict_keeps_dict_and_nested_outputs_and_partial_batches():
@@ -112,20 +113,20 @@ def test_predict_keeps_dict_and_nested_outputs_and_partial_batches():
     out = model.predict(x, batch_size=8, verbose=0)
     direct = net(x)
     assert set(out) == {"a", "b"} and isinstance(out["b"], list) and len(out["b"]) == 2
-    np.testing.assert_allclose(out["a"], direct["a"], rtol=1e-6)
-    np.testing.assert_allclose(out["b"][1], direct["b"][1], rtol=1e-6)
+    np.testing.assert_allclose(out["a"], direct["a"], rtol=1e-6, atol=ATOL)
+    np.testing.assert_allclose(out["b"][1], direct["b"][1], rtol=1e-6, atol=ATOL)
     assert out["b"][0].shape == (37, 3)
     single = model.predict_on_batch(x[:5])
-    np.testing.assert_allclose(single["a"], direct["a"][:5], rtol=1e-6)
+    np.testing.assert_allclose(single["a"], direct["a"][:5], rtol=1e-6, atol=ATOL)
 
 
 def test_predict_without_compile_and_with_steps_per_execution():
     x, _ = _data(n=50)
     net = _net()
     model = tfk.Model(net)
-    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6, atol=ATOL)
     model.compile(loss="sparse_categorical_crossentropy", steps_per_execution=3)
-    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(x, batch_size=7, verbose=0), net(x), rtol=1e-6, atol=ATOL)
 
 
 def test_one_trace_per_function_across_ragged_last_batch_and_epochs():
@@ -257,7 +258,7 @@ def test_arrays_run_exact_executions_and_datasets_run_until_the_end():
     from_dataset = data.fit(dataset, epochs=2, verbose=0).history
     assert list(data._executor.train._forms) == [False]
     assert int(data.optimizer.iterations.numpy()) == int(arrays.optimizer.iterations.numpy()) - 1
-    np.testing.assert_allclose(from_dataset["loss"], from_arrays["loss"], rtol=1e-6)
+    np.testing.assert_allclose(from_dataset["loss"], from_arrays["loss"], rtol=1e-6, atol=ATOL)
 
 
 @pytest.mark.parametrize("source", ["arrays", "dataset", "mirrored"])

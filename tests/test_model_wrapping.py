@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL
 
 import tfk_trainer as tfk
 
@@ -216,12 +217,12 @@ def test_kernel_regularizer_adds_to_loss():
     reg_loss = reg_model.evaluate(x, y, verbose=0)
     penalty = 0.1 * float(np.sum(reg.layers[-1].kernel.numpy() ** 2))
     assert reg_loss > plain_loss
-    np.testing.assert_allclose(reg_loss, plain_loss + penalty, rtol=1e-5)
+    np.testing.assert_allclose(reg_loss, plain_loss + penalty, rtol=1e-5, atol=ATOL)
     # fit reports the regularized loss too.
     plain_hist = plain_model.fit(x, y, batch_size=N, epochs=1, shuffle=False, verbose=0)
     reg_hist = reg_model.fit(x, y, batch_size=N, epochs=1, shuffle=False, verbose=0)
-    np.testing.assert_allclose(reg_hist.history["loss"][0], plain_loss + penalty, rtol=1e-5)
-    np.testing.assert_allclose(plain_hist.history["loss"][0], plain_loss, rtol=1e-5)
+    np.testing.assert_allclose(reg_hist.history["loss"][0], plain_loss + penalty, rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(plain_hist.history["loss"][0], plain_loss, rtol=1e-5, atol=ATOL)
 
 
 def test_kernel_regularizer_matches_keras_fit():

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tolerances import ATOL
 
 import tfk_trainer as tfk
 
@@ -68,7 +69,7 @@ def test_evaluate_and_predict_are_exact_with_padding(replicas, mirrored_strategy
     got = static.evaluate(x, y, sample_weight=sw, batch_size=B, return_dict=True, verbose=0)
     assert got.keys() == expected.keys()
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key, atol=ATOL)
     np.testing.assert_allclose(
         static.predict(x, batch_size=B, verbose=0),
         dynamic.predict(x, batch_size=B, verbose=0),
@@ -111,9 +112,9 @@ def test_static_mode_for_a_dataset_and_a_generator():
     for source in (ds, gen()):
         got = static.evaluate(source, return_dict=True, verbose=0)
         for key in expected:
-            np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key, atol=ATOL)
     np.testing.assert_allclose(
-        static.predict(ds, verbose=0), dynamic.predict(x, batch_size=B, verbose=0), rtol=1e-5
+        static.predict(ds, verbose=0), dynamic.predict(x, batch_size=B, verbose=0), rtol=1e-5, atol=ATOL
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from binary_helpers import ENV, REPO, TRAIN, write_config
+from tolerances import ATOL
 
 from tfk_trainer.datasets import fashion_mnist
 
@@ -142,13 +143,13 @@ def test_every_mode(tmp_path, dataset):
 
     evaluated = load_json(model_dir / "eval_results.json")
     assert evaluated["global_step"] == steps
-    np.testing.assert_allclose(evaluated["test"]["loss"], summary["test"]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(evaluated["test"]["loss"], summary["test"]["loss"], rtol=1e-5, atol=ATOL)
 
     predictions = np.load(model_dir / "predictions.npy")
     n_test = 64 if dataset == "synthetic" else 500
     n_classes = 4 if dataset == "synthetic" else 10
     assert predictions.shape == (n_test, n_classes)
-    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-4, atol=ATOL)
 
     assert (model_dir / "export" / "saved_model.pb").stat().st_mtime_ns != before
     import tensorflow as tf

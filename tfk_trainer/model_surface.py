@@ -129,6 +129,9 @@ class ModelSurface:
         network = self.network
         if isinstance(network, keras.layers.Layer):
             return bool(network.built)
+        layers = self._walk()[0] if network is None else []
+        if layers:  # a subclass: built once its Keras layers are
+            return all(layer.built for layer in layers)
         return bool(self.variables)
 
     @property
@@ -284,7 +287,9 @@ class ModelSurface:
             builder = keras.Sequential if sequential else keras.Model
             with keras.saving.custom_object_scope(custom_objects or {}):
                 network = builder.from_config(config)
-            return model_lib.Model(network, name=config.get("name"))
+            model = cls()
+            model.network = network  # the same wrapping as tfk.Model(network)
+            return model
         return cls(**config)
 
     def to_json(self, **kwargs: Any) -> str:
@@ -668,7 +673,8 @@ class ModelSurface:
                 if tuple(v.shape) != tuple(data.shape):
                     message = (
                         f"load_weights(): variable {data.attrs.get('name')!r} in {path!r} has "
-                        f"shape {tuple(data.shape)}, but {v.name!r} has {tuple(v.shape)}."
+                        f"shape {tuple(data.shape)}, but this model's variable "
+                        f"{getattr(v, 'path', None) or v.name!r} has {tuple(v.shape)}."
                     )
                     if skip_mismatch:
                         warnings.warn(message + " Skipped (skip_mismatch=True).", stacklevel=2)

@@ -75,7 +75,7 @@ def check_supported(callbacks: Iterable[Any]) -> None:
                 continue
             raise TypeError(
                 f"keras.callbacks.{name} cannot run in a tfk_trainer fit: {_WHY_REFUSED[name]}. "
-                f"Use {use} instead (same arguments). Nothing was trained."
+                f"Use {use} instead. Nothing was trained."
             )
 
 

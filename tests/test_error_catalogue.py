@@ -278,6 +278,23 @@ def _disk_full_during_checkpoint(tmp: Path) -> None:
         _fit_with(cbs.ModelCheckpoint(str(tmp / "good" / "ckpt")), model=model, epochs=1)
 
 
+class _Module(tf.Module):
+    """A tf.Module network (no Keras model to write a `.keras` file of)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(tf.zeros([F, C]))
+
+    def __call__(self, x):
+        return tf.matmul(x, self.w)
+
+
+def _save_twice_without_overwrite(tmp: Path) -> None:
+    model = _model()
+    model.save(str(tmp / "m.keras"))
+    model.save(str(tmp / "m.keras"), overwrite=False)
+
+
 # -- the in-process table ------------------------------------------------------------
 
 
@@ -434,6 +451,15 @@ CASES: list[Case] = [
     Case("checkpoint-save-unwritable", _save_unwritable, NotADirectoryError, r"save_checkpoint: `path` '[^']*afile/sub/ckpt' cannot be created: .*Not a directory", after=_good_checkpoint_intact()),
     Case("checkpoint-disk-full-during-save", _disk_full_during_checkpoint, tf.errors.OpError, r"ckpt_temp/\S*; File too large", after=_good_checkpoint_intact(width=1024)),
     Case("weights-set-wrong-count", lambda t: _model().set_weights([np.zeros(3)]), ValueError, r"`set_weights` expects 2 arrays .*received 1"),
+    # -- Keras's saving surface and Keras's own callbacks ---------------------------------
+    Case("save-keras-wrong-suffix", lambda t: _model().save(str(t / "m.ckpt")), ValueError, r"Invalid filepath extension for saving.*`\.keras`.*save_checkpoint.*Received: filepath=.*m\.ckpt"),
+    Case("save-keras-of-a-tf-module", lambda t: tfk.Model(_Module()).save(str(t / "m.keras")), TypeError, r"save\(\) writes a Keras `\.keras` file.*_Module, not a Keras model.*save_checkpoint.*export"),
+    Case("save-overwrite-false", _save_twice_without_overwrite, FileExistsError, r"save\(\): '[^']*m\.keras' exists and `overwrite=False`"),
+    Case("save-weights-wrong-suffix", lambda t: _model().save_weights(str(t / "w.h5")), ValueError, r"must end in `\.weights\.h5`.*w\.h5"),
+    Case("load-weights-missing", lambda t: _model().load_weights(str(t / "none.weights.h5")), FileNotFoundError, r"load_weights\(\): no file at '[^']*none\.weights\.h5'"),
+    Case("export-format-unknown", lambda t: _model().export(str(t / "x"), format="onnx"), ValueError, r"Unrecognized format='onnx'. Supported formats are: \['tf_saved_model'\]"),
+    Case("callback-keras-tensorboard", lambda t: _fit_with(keras.callbacks.TensorBoard(str(t / "logs"))), TypeError, r"keras\.callbacks\.TensorBoard cannot run.*tfk_trainer\.callbacks\.TensorBoard"),
+    Case("callback-keras-backupandrestore", lambda t: _fit_with(keras.callbacks.BackupAndRestore(str(t / "b"))), TypeError, r"keras\.callbacks\.BackupAndRestore cannot run.*tfk_trainer\.callbacks\.BackupAndRestore"),
 ]
 # fmt: on
 

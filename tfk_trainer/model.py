@@ -40,6 +40,7 @@ from tfk_trainer.engine.loop import (
     peer_unavailable,
 )
 from tfk_trainer.engine.tuning import ExecutionLengths
+from tfk_trainer.model_surface import ModelSurface, SequentialSurface
 
 # Attributes of the engine itself, never walked for the network's variables.
 _ENGINE_ATTRS = frozenset(
@@ -151,7 +152,7 @@ def _zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
     return tf.zeros(shape, spec.dtype)
 
 
-class Model(tf.Module):
+class Model(ModelSurface, tf.Module):
     """The Keras training API (`compile`, `fit`, `evaluate`, `predict`, `*_on_batch`).
 
     Args:
@@ -476,7 +477,7 @@ class Model(tf.Module):
             return
         if self._compile_config is None:
             self._strategy = tf.distribute.get_strategy()
-            self._jit = execution.resolve_jit_compile("auto", self._strategy, False)
+            self._jit = execution.resolve_jit_compile("auto", self._strategy, self.run_eagerly)
         with self.distribute_strategy.scope():
             dummy = tf.nest.map_structure(_zeros_for, x_spec)
             try:
@@ -498,7 +499,7 @@ class Model(tf.Module):
             self,
             self._jit,
             allow_fallback=config is None or config.jit_compile == "auto",
-            run_eagerly=bool(config and config.run_eagerly),
+            run_eagerly=self.run_eagerly,
         )
         state.network_built = True
 
@@ -1174,23 +1175,8 @@ class Model(tf.Module):
 
         checkpoint_lib.load(self, path, include_optimizer=include_optimizer)
 
-    def export(self, path: str) -> str:
-        """Writes a SavedModel with a `serving_default` signature; see `tfk_trainer.export`."""
-        from tfk_trainer import export as export_lib
 
-        return export_lib.export(self, path)
-
-    # -- misc ----------------------------------------------------------------
-
-    def summary(self, *args, **kwargs) -> None:
-        if isinstance(self.network, keras.Model):
-            self.network.summary(*args, **kwargs)
-        else:
-            n = sum(int(np.prod(v.shape)) for v in self.variables)
-            print(f"Model {self.name}: {len(self.variables)} variables, {n} parameters")
-
-
-class Sequential(Model):
+class Sequential(SequentialSurface, Model):
     """`tfk.Sequential([...layers])`: a `keras.Sequential` wrapped in a `Model`."""
 
     def __init__(self, layers: list | None = None, *, name: str | None = None):
@@ -1209,16 +1195,18 @@ def _to_python(value: Any) -> Any:
 
 def _callback_list(callbacks: Any) -> list:
     """`callbacks` as a list: None, one callback, or a list/tuple of callbacks."""
+    from tfk_trainer.callbacks import keras_compat
+
     if callbacks is None:
         return []
     if hasattr(callbacks, "set_model") and hasattr(callbacks, "on_epoch_end"):
-        return [callbacks]
+        return keras_compat.flatten([callbacks])  # one callback, or a Keras CallbackList
     if not isinstance(callbacks, (list, tuple)):
         raise TypeError(
             "`callbacks` must be a list of Callback instances (or one callback); received "
             f"{type(callbacks).__name__}: {callbacks!r}."
         )
-    return list(callbacks)
+    return keras_compat.flatten(callbacks)
 
 
 def _local_batch(x: Any, valid: Any) -> tf.Tensor:

@@ -151,17 +151,21 @@ class CallbackList:
     """Dispatches hooks to callbacks; our own, not Keras's CallbackList."""
 
     def __init__(self, callbacks: Iterable[Any] | None, *, model: Any, params: dict[str, Any]):
-        self.callbacks = list(callbacks or [])
+        from tfk_trainer.callbacks import keras_compat
+
+        self.callbacks = keras_compat.flatten(callbacks or [])
         for cb in self.callbacks:
             if not all(hasattr(cb, h) for h in ("set_model", "set_params", "on_epoch_end")):
                 raise TypeError(
                     "`callbacks` must be a list of Callback instances (tfk_trainer.callbacks."
                     f"Callback or keras.callbacks.Callback); received {type(cb).__name__}."
                 )
+        keras_compat.check_supported(self.callbacks)  # before anything runs or trains
         self.model = model
         self.set_params(params)
         for cb in self.callbacks:
             cb.set_model(model)
+        keras_compat.resolve_auto_modes(self.callbacks, model)
         self._batch_hooks = {
             hook: [cb for cb in self.callbacks if _overrides(cb, hook) or _train_alias(cb, hook)]
             for hook in _BATCH_HOOKS

@@ -318,16 +318,17 @@ def _fixed_directory(filepath: str) -> str:
 
 def _keras_save(model: Any, path: str, weights_only: bool) -> None:
     """Keras-format saving, written to a temporary name then renamed (atomic)."""
-    network = model.network
-    if network is None or not hasattr(network, "save_weights"):
-        raise ValueError(
-            f"`filepath` {path!r} asks for Keras format, but the model does not wrap a Keras "
-            "network; use a checkpoint prefix without the .weights.h5/.keras suffix."
-        )
     suffix = ".weights.h5" if path.endswith(".weights.h5") else ".keras"
     tmp = f"{path[: -len(suffix)]}.tmp-{os.getpid()}{suffix}"
+    # Model.save/save_weights: Keras's files, with the optimizer's state and the
+    # compile() arguments when the network is a Keras model (see model_surface).
     if weights_only:
-        network.save_weights(tmp)
+        if suffix == ".keras":
+            raise ValueError(
+                f"`filepath` {path!r} ends in .keras, but `save_weights_only=True` writes "
+                "weights: end it in .weights.h5."
+            )
+        model.save_weights(tmp)
     else:
-        network.save(tmp)
+        model.save(tmp)
     os.replace(tmp, path)

@@ -419,6 +419,10 @@ class Driver:
                 break
             if model.stop_training:
                 break
+        optimizer = model.optimizer
+        if getattr(optimizer, "use_ema", False) and epochs > 0:
+            # Keras's fit ends by moving an EMA optimizer's averages into the weights.
+            optimizer.finalize_variable_values(model.trainable_variables)
         callbacks.on_train_end(epoch_logs)
 
     def _lazy_logs(self) -> LazyLogs:

@@ -304,7 +304,7 @@ def export_model(model: tfk.Model, paths: Paths, strategy: Any) -> str:
     """Writes the SavedModel to model_dir/export, replacing an older one."""
     final = paths.export
     staging = os.path.join(paths.model_dir, f".export-staging-{os.getpid()}")
-    model.export(staging)
+    model.export(staging, verbose=False)  # the binary logs the final path itself
     if not tfk.distribute.is_chief(strategy):
         return final
     old = None

@@ -482,11 +482,8 @@ class Model(tf.Module):
             try:
                 y_pred = self(dummy, training=False)
             except Exception as e:
-                detail = checks.strip_ansi(str(e))  # Keras colours its layer names
-                raise ValueError(
-                    f"Calling the model on `x` (a batch shaped like the data) failed: "
-                    f"{type(e).__name__}: {detail}\nInput structure: {x_spec}"
-                ) from e
+                # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
+                raise ValueError(checks.model_call_failure(e, x_spec)) from e
         state.output_structure = tf.nest.map_structure(
             lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
         )

@@ -78,6 +78,13 @@ def test_console_script_hides_the_cuda_lines(tensorflow_prints_noise_here):
     assert _noise(result.stdout) == [], result.stdout[:2000]
 
 
+def test_python_dash_m_main_hides_the_cuda_lines(tensorflow_prints_noise_here):
+    result = _run(["-m", "tfk_trainer.train.main", "--helpshort"])
+    assert result.returncode == 1, result.stdout[-2000:]  # absl's --helpshort exits 1
+    assert "--model_dir" in result.stdout
+    assert _noise(result.stdout) == [], result.stdout[:2000]
+
+
 def test_a_user_setting_is_respected(tensorflow_prints_noise_here):
     """TF_CPP_MIN_LOG_LEVEL set by the user: nothing is filtered."""
     result = _run([TRAIN, "--helpshort"], TF_CPP_MIN_LOG_LEVEL="0")

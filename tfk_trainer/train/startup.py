@@ -19,7 +19,8 @@ runs and every line shows, as TensorFlow prints it):
 This module imports nothing from TensorFlow or tfk_trainer at module level, so
 it can run before the first TensorFlow import: `tools/train.py` loads it by
 path, and `tfk_trainer/__init__.py` calls `quiet_for_binary()` first thing
-(which acts only when the program is the `tfk-train` console script).
+(which acts only when the program is the `tfk-train` console script or
+`python -m tfk_trainer.train.main`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tempfile
 ENV_VAR = "TF_CPP_MIN_LOG_LEVEL"
 DEFAULT_LEVEL = "2"
 BINARY_NAMES = ("tfk-train",)
+MAIN_MODULE = "tfk_trainer.train.main"
 
 # The lines TensorFlow prints at import and at the first device enumeration on a
 # machine without CUDA (or with oneDNN on): informational, nothing to act on.
@@ -86,10 +88,19 @@ def quiet_tensorflow_startup() -> bool:
     return True
 
 
-def quiet_for_binary() -> bool:
-    """`quiet_tensorflow_startup()` when this process is the `tfk-train` console
-    script, else nothing: importing tfk_trainer as a library changes no logging."""
+def _is_the_binary() -> bool:
+    """The `tfk-train` console script, or `python -m tfk_trainer.train.main`
+    (while `-m` imports the package, `sys.argv[0]` is "-m": `orig_argv` tells)."""
     argv = getattr(sys, "argv", None) or [""]
-    if os.path.basename(argv[0]) not in BINARY_NAMES:
+    if os.path.basename(argv[0]) in BINARY_NAMES:
+        return True
+    orig = list(getattr(sys, "orig_argv", []))
+    return "-m" in orig and orig[orig.index("-m") + 1 : orig.index("-m") + 2] == [MAIN_MODULE]
+
+
+def quiet_for_binary() -> bool:
+    """`quiet_tensorflow_startup()` when this process is the training binary, else
+    nothing: importing tfk_trainer as a library changes no logging."""
+    if not _is_the_binary():
         return False
     return quiet_tensorflow_startup()

@@ -66,7 +66,7 @@ def strip_ansi(text: str) -> str:
 
 # A printed array of numbers ("[[0. 0. ...]]"), possibly over many lines: Keras puts
 # the whole input tensor into its shape errors, hundreds of lines for one image batch.
-_ARRAY_LITERAL = re.compile(r"\[[\[\]\s\d.,eE+\-]{12,}\]")
+_ARRAY_LITERAL = re.compile(r"\[[\[\]\s\d.,eE+\-]{40,}\]")  # 40+: never a shape list
 # Keras's "Invalid input shape for input ... Expected shape (None, 28, 28), but input
 # has incompatible shape (1, 784)".
 _EXPECTED_SHAPE = re.compile(r"Expected shape (\([^)]*\)), but input has incompatible shape")

@@ -105,6 +105,14 @@ def _dataset(*parts: Any, batch: int | None = 5) -> tf.data.Dataset:
     return dataset if batch is None else dataset.batch(batch)
 
 
+def _image_model() -> tfk.Model:
+    """Takes (28, 28) images, like the README's Fashion-MNIST model."""
+    net = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(C)])
+    model = tfk.Model(net)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    return model
+
+
 def _two_inputs() -> tfk.Model:
     inputs = {"a": keras.Input((2,), name="a"), "b": keras.Input((2,), name="b")}
     outputs = keras.layers.Dense(C)(keras.layers.Concatenate()([inputs["a"], inputs["b"]]))
@@ -363,7 +371,8 @@ CASES: list[Case] = [
     Case("fit-x-scalar", lambda t: _fit(np.float32(3.0), Y), ValueError, r"`x` is a scalar"),
     Case("fit-x-empty", lambda t: _fit(X[:0], Y[:0]), ValueError, r"The input data is empty \(0 samples in x, y\)"),
     Case("fit-x-y-length-mismatch", lambda t: _fit(X, Y[:8]), ValueError, r"same number of samples.*x: 20, y: 8"),
-    Case("fit-x-wrong-feature-count", lambda t: _fit(np.zeros((N, 5), "float32"), Y), ValueError, r"`x`"),
+    Case("fit-x-wrong-feature-count", lambda t: _fit(np.zeros((N, 5), "float32"), Y), ValueError, r"\ACalling the model on `x` \(a batch shaped like the data: \(None, 5\)\) failed: [^\n]*expected axis -1 of input shape to have value 4[^\n]*\Z"),
+    Case("fit-x-flat-images-into-image-model", lambda t: _fit(np.zeros((N, 784), "float32"), Y, model=_image_model()), ValueError, r"\A`x` does not fit the model: the model expects inputs of shape \(None, 28, 28\), but `x` has shape \(None, 784\)\.\Z"),
     Case("fit-x-dict-unknown-key", lambda t: _fit({"a": X[:, :2], "c": X[:, 2:]}, Y, model=_two_inputs()), ValueError, r"`x`.*'c'"),
     Case("fit-y-missing", lambda t: _fit(X), ValueError, r"compiled with a loss, but the data has no targets `y`"),
     Case("fit-y-string", lambda t: _fit(X, "labels"), TypeError, r"`y` must be an array or a list/dict of arrays"),
@@ -558,6 +567,19 @@ def test_out_of_range_labels_in_a_dataset_under_xla_train_to_a_nan_loss():
     model = _model(jit_compile=True)
     history = model.fit(_dataset(X, Y_OUT_OF_RANGE), verbose=0).history
     assert np.isnan(history["loss"][0])
+
+
+@pytest.mark.timeout(CASE_TIMEOUT, method="thread")
+def test_wrong_input_shape_is_one_short_line_with_the_keras_error_as_cause():
+    """Keras's own message prints the whole input tensor (784 values per image) and
+    the call's arguments; ours is one line, and Keras's error is kept as the cause."""
+    with pytest.raises(ValueError) as info:
+        _fit(np.zeros((N, 784), "float32"), Y, model=_image_model())
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200, message
+    assert "0. 0." not in message and "Arguments received" not in message, message
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and "(None, 28, 28)" in str(cause)
 
 
 # -- the binary: bad flags and configs ---------------------------------------------

@@ -78,7 +78,7 @@ def test_class_weight_reaches_weighted_metrics_only():
 
 
 def test_temporal_sparse_class_weight_weights_each_timestep():
-    """Sparse temporal labels carry an explicit final 1, as the seed asks: (N, T, 1)."""
+    """Sparse temporal labels carry an explicit final 1, as the Keras 3 API docs ask: (N, T, 1)."""
     cw = {0: 2.0, 1: 0.5, 2: 1.0}
     per_step = np.vectorize(cw.get)(Y_SEQ).astype("float32")
     expected = _fit(_compile(tfk.Model(_seq_net())), X_SEQ, Y_SEQ, sample_weight=per_step)

@@ -7,10 +7,15 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
 model.fit(x, y, epochs=3, validation_split=0.1)
 """
 
-from tfk_trainer import callbacks, data, datasets, distribute
-from tfk_trainer import registry as registry  # models/datasets by name (tfk-train configs)
-from tfk_trainer.engine.loop import PeerUnavailableError
-from tfk_trainer.model import Model, Sequential
+# First, before TensorFlow is imported: the `tfk-train` binary hides TF's start-up lines.
+from tfk_trainer.train import startup as _startup
+
+_startup.quiet_for_binary()
+
+from tfk_trainer import callbacks, data, datasets, distribute  # noqa: E402
+from tfk_trainer import registry as registry  # noqa: E402  (models/datasets by name)
+from tfk_trainer.engine.loop import PeerUnavailableError  # noqa: E402
+from tfk_trainer.model import Model, Sequential  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -198,7 +198,7 @@ def _is_metric_leaf(entry: Any) -> bool:
 def _check_metric_entries(value: Any, argument: str) -> Any:
     """Checks every leaf of `metrics`/`weighted_metrics`; keeps the structure.
 
-    Accepted (the seed's forms): a list of metrics; a dict mapping output
+    Accepted (the forms of the Keras 3 API docs): a list of metrics; a dict mapping output
     names to a metric or a list of metrics; a list with one entry per output,
     each a metric or a list of metrics.
     """

@@ -55,8 +55,12 @@ def resolve(
             address. Defaults to "local".
         devices: for "mirrored" (a list of devices) or "one_device" (one).
         communication: for "multi_worker_mirrored": "auto", "ring" or "nccl".
-        tpu_zone, tpu_project: for TPU names resolved through the Cloud API.
+        tpu_zone: for TPU names resolved through the Cloud API: the zone.
+        tpu_project: for TPU names resolved through the Cloud API: the project.
         connect_timeout: seconds to wait for a remote TPU address to answer.
+
+    Returns:
+        The strategy: build and compile the model under its `scope()`.
     """
     if not isinstance(name, str) or name.lower() not in NAMES:
         raise ValueError(f"Unknown strategy {name!r}; accepted: {list(NAMES)}.")
@@ -131,7 +135,15 @@ def _auto(zone, project, timeout) -> tf.distribute.Strategy:
 
 
 def check_reachable(address: str, timeout: float) -> None:
-    """Fails fast if nothing listens at a grpc:// TPU address (connecting would hang)."""
+    """Fails fast if nothing listens at a grpc:// TPU address (connecting would hang).
+
+    Args:
+        address: A "grpc://host:port" address (port 8470 when omitted).
+        timeout: Seconds to wait for a connection.
+
+    Raises:
+        RuntimeError: Nothing answered within `timeout`.
+    """
     parsed = urlparse(address)
     host, port = parsed.hostname, parsed.port or 8470
     try:
@@ -182,7 +194,11 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
-    """True on the one worker that writes checkpoints, logs and exports."""
+    """True on the one worker that writes checkpoints, logs and exports.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
@@ -195,5 +211,10 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True under a strategy that spans several workers (hosts).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())

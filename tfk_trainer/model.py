@@ -216,7 +216,15 @@ class Model(ModelSurface, tf.Module):
     # -- forward -------------------------------------------------------------
 
     def call(self, inputs: Any, training: bool = False) -> Any:
-        """The forward pass; override it when subclassing without a network."""
+        """The forward pass; override it when subclassing without a network.
+
+        Args:
+            inputs: The batch's inputs.
+            training: Whether the call is for training (dropout and the like).
+
+        Returns:
+            The outputs of the wrapped network.
+        """
         if self.network is None:
             raise NotImplementedError(
                 "tfk_trainer.Model has no network: pass one (`tfk.Model(net)`) or subclass "
@@ -315,20 +323,30 @@ class Model(ModelSurface, tf.Module):
 
     @property
     def weights(self) -> list:
+        """Keras's name for `variables`."""
         return self.variables
 
     @property
     def trainable_weights(self) -> list:
+        """Keras's name for `trainable_variables`."""
         return self.trainable_variables
 
     @property
     def non_trainable_weights(self) -> list:
+        """Keras's name for `non_trainable_variables`."""
         return self.non_trainable_variables
 
     def get_weights(self) -> list[np.ndarray]:
+        """The values of `variables` as NumPy arrays (trainable ones first)."""
         return [np.array(v.numpy()) for v in self.variables]
 
     def set_weights(self, weights: list) -> None:
+        """Assigns `weights` to `variables`, in the order of `get_weights()`.
+
+        Args:
+            weights: A list of arrays, one per variable, each of the
+                variable's shape. A wrong count or shape raises a `ValueError`.
+        """
         variables = self.variables
         if len(weights) != len(variables):
             raise ValueError(
@@ -396,28 +414,90 @@ class Model(ModelSurface, tf.Module):
 
     @property
     def distribute_strategy(self) -> tf.distribute.Strategy:
+        """The strategy the model runs under: the one in scope at `compile()` (or at the first call)."""
         return self._strategy or tf.distribute.get_strategy()
 
     @property
     def compiled(self) -> bool:
+        """Whether `compile()` has been called."""
         return self._compile_config is not None
 
     def compile(
         self,
-        optimizer="rmsprop",
-        loss=None,
-        loss_weights=None,
-        metrics=None,
-        weighted_metrics=None,
-        run_eagerly=False,
-        steps_per_execution=1,
-        jit_compile="auto",
-        auto_scale_loss=True,
+        optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+        loss: Any = None,
+        loss_weights: Any = None,
+        metrics: Any = None,
+        weighted_metrics: Any = None,
+        run_eagerly: bool = False,
+        steps_per_execution: int | str = 1,
+        jit_compile: bool | str = "auto",
+        auto_scale_loss: bool = True,
     ) -> None:
-        """Configures the model for training (the seed's nine arguments).
+        """Configures the model for training.
 
-        Build and compile under `strategy.scope()` to train under a strategy,
-        exactly as with Keras; the strategy in scope here is the one used.
+        The arguments are those of `keras.Model.compile` in the Keras 3 API
+        docs. Build and compile under `strategy.scope()` to train under a
+        strategy, exactly as with Keras; the strategy in scope here is the one
+        `fit`, `evaluate` and `predict` use. Bad values raise a `ValueError` or
+        `TypeError` naming the argument (see docs/errors.md).
+
+        Example:
+
+        ```python
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=[keras.metrics.BinaryAccuracy(), keras.metrics.FalseNegatives()],
+        )
+        ```
+
+        Args:
+            optimizer: String (name of optimizer) or optimizer instance. See
+                `keras.optimizers`.
+            loss: Loss function. May be a string (name of loss function), a
+                `keras.losses.Loss` instance, or any callable
+                `loss = fn(y_true, y_pred)` returning a float tensor; or a
+                list/dict of those, one per model output. `y_true` should have
+                shape `(batch_size, d0, .. dN)` (sparse losses such as sparse
+                categorical crossentropy take integers of shape
+                `(batch_size, d0, .. dN-1)`); `y_pred` has shape
+                `(batch_size, d0, .. dN)`. Per-output losses are divided by the
+                global batch, so they add up to the total on a partial last
+                batch and under any number of replicas.
+            loss_weights: Optional list or dict of scalar coefficients (Python
+                floats) weighting each output's loss; the minimized loss is the
+                weighted sum. A list maps 1:1 to the outputs, a dict maps output
+                names to coefficients.
+            metrics: List of metrics evaluated during training and testing:
+                strings (names of built-in metrics), functions
+                `result = fn(y_true, y_pred)` or `keras.metrics.Metric`
+                instances; for several outputs a dict such as
+                `{'a': 'accuracy', 'b': ['accuracy', 'mse']}` or a list of
+                lists. `'accuracy'`/`'acc'` become binary, categorical or sparse
+                categorical accuracy from the shapes of the targets and
+                outputs, as do `"crossentropy"` and `"ce"` (which Keras 3
+                does not resolve). These metrics ignore sample weights.
+            weighted_metrics: List of metrics evaluated and weighted by
+                `sample_weight` or `class_weight` during training and testing.
+            run_eagerly: Bool. If `True`, the steps run eagerly (no
+                `tf.function`): slow, for debugging.
+            steps_per_execution: Int, or `"auto"` (tfk_trainer only: tuned
+                from the measured step time). The number of batches run in
+                one compiled call (a `tf.while_loop`); at most one epoch per
+                call. Batch callbacks are called once per call, with true step
+                indices (see docs/differences.md). When no callback needs every
+                batch boundary, calls may run more steps than this (the same
+                steps in the same order; `model.fold_executions = False`
+                turns it off).
+            jit_compile: Bool or `"auto"`. Whether the steps are XLA-compiled.
+                `"auto"`: always under TPUStrategy; off for multi-replica
+                GPU/CPU strategies and on CPU-only hosts; on for a single GPU,
+                falling back with one warning if the model does not compile.
+            auto_scale_loss: Bool. If `True` and the dtype policy is
+                `"mixed_float16"`, the optimizer is wrapped in a
+                `keras.optimizers.LossScaleOptimizer`, which scales the loss
+                dynamically to prevent underflow.
         """
         strategy = tf.distribute.get_strategy()
         with strategy.scope():
@@ -483,11 +563,8 @@ class Model(ModelSurface, tf.Module):
             try:
                 y_pred = self(dummy, training=False)
             except Exception as e:
-                detail = checks.strip_ansi(str(e))  # Keras colours its layer names
-                raise ValueError(
-                    f"Calling the model on `x` (a batch shaped like the data) failed: "
-                    f"{type(e).__name__}: {detail}\nInput structure: {x_spec}"
-                ) from e
+                # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
+                raise ValueError(checks.model_call_failure(e, x_spec)) from e
         state.output_structure = tf.nest.map_structure(
             lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
         )
@@ -592,6 +669,7 @@ class Model(ModelSurface, tf.Module):
         return loss + self._objectives.metric_names + [m.name for m in self._state.user_metrics]
 
     def reset_metrics(self) -> None:
+        """Resets the state of every metric (the loss trackers included)."""
         for m in self.metrics:
             m.reset_state()
 
@@ -619,13 +697,30 @@ class Model(ModelSurface, tf.Module):
     # -- override points (run per replica) -----------------------------------
 
     def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
     ) -> tf.Tensor:
-        """This replica's share of the batch loss.
+        """This replica's share of the batch loss (compiled losses plus layer losses).
 
         Summed over replicas it is the batch loss: each output's loss is
         divided by the global number of elements, and the regularization
-        losses by the number of replicas.
+        losses by the number of replicas. An override that returns a plain
+        per-replica mean is scaled for distribution (Keras multiplies the
+        gradients by the number of replicas instead).
+
+        Args:
+            x: The batch's inputs.
+            y: The batch's targets (structure matching the outputs).
+            y_pred: The model's outputs for `x`.
+            sample_weight: Optional per-sample weights for the loss.
+            training: Whether the step is a training step.
+
+        Returns:
+            A scalar float tensor.
         """
         self._state.base_compute_loss_calls += 1
         loss, _ = self._loss_and_global_batch(x, y, y_pred, sample_weight)
@@ -688,8 +783,19 @@ class Model(ModelSurface, tf.Module):
             total += term
         return total, global_batch, shares
 
-    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> None:
-        """Updates the compiled metrics (plain ones unweighted, as Keras does)."""
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Updates the compiled metrics for one batch.
+
+        `metrics` are updated unweighted and `weighted_metrics` with
+        `sample_weight`, as Keras does. Unlike Keras it returns nothing: the
+        engine reads the results after the execution.
+
+        Args:
+            x: The batch's inputs.
+            y: The batch's targets.
+            y_pred: The model's outputs for `x`.
+            sample_weight: Optional per-sample weights, for `weighted_metrics`.
+        """
         self._update_compiled_metrics(y, y_pred, sample_weight, None)
 
     def _update_metrics(self, y, y_pred, sample_weight, valid) -> None:
@@ -753,7 +859,20 @@ class Model(ModelSurface, tf.Module):
         return loss, global_batch, None
 
     def train_step(self, data: Any) -> None:
-        """One replica's training step: forward, loss, gradients, update, metrics."""
+        """One replica's training step: forward, loss, gradients, update, metrics.
+
+        Override it, as in Keras, to customise training; `fit` and
+        `train_on_batch` call it inside their compiled loop. The logs are
+        read from the model's metrics after the execution: the compiled ones
+        and any `keras.metrics.Metric` held as an attribute (a custom step's
+        trackers). An override may return a dict of those results, as in
+        Keras; the value it returns is not used.
+
+        Args:
+            data: One batch as the data yields it: `x`, `(x,)`, `(x, y)` or
+                `(x, y, sample_weight)` (unpack it with
+                `keras.utils.unpack_x_y_sample_weight`).
+        """
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         variables = self._state.trainable
@@ -806,7 +925,15 @@ class Model(ModelSurface, tf.Module):
         optimizer.apply([g / replicas for g in clipped], [v for _, v in pairs])
 
     def test_step(self, data: Any) -> None:
-        """One replica's evaluation step: forward, loss, metrics."""
+        """One replica's evaluation step: forward, loss, metrics.
+
+        Override it, as in Keras, to customise evaluation (`evaluate`,
+        validation in `fit`, `test_on_batch`). Returns nothing, like
+        `train_step`.
+
+        Args:
+            data: One batch: `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+        """
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
@@ -815,7 +942,18 @@ class Model(ModelSurface, tf.Module):
         self._update_metrics(y, y_pred, sample_weight, valid)
 
     def predict_step(self, data: Any) -> Any:
-        """One replica's prediction step."""
+        """One replica's prediction step.
+
+        Override it, as in Keras, to customise `predict` and
+        `predict_on_batch`.
+
+        Args:
+            data: One batch: `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`;
+                only `x` is used by default.
+
+        Returns:
+            The model's outputs for the batch (`self(x, training=False)`).
+        """
         x, _, _ = structure.unpack_x_y_sample_weight(data)
         return self(x, training=False)
 
@@ -832,24 +970,97 @@ class Model(ModelSurface, tf.Module):
 
     def fit(
         self,
-        x=None,
-        y=None,
-        batch_size=None,
-        epochs=1,
-        verbose="auto",
-        callbacks=None,
-        validation_split=0.0,
-        validation_data=None,
-        shuffle=True,
-        class_weight=None,
-        sample_weight=None,
-        initial_epoch=0,
-        steps_per_epoch=None,
-        validation_steps=None,
-        validation_batch_size=None,
-        validation_freq=1,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: int | str = "auto",
+        callbacks: list | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool | str = True,
+        class_weight: dict | None = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
     ) -> History:
-        """Trains the model for a fixed number of epochs; returns a `History`."""
+        """Trains the model for a fixed number of epochs (dataset iterations).
+
+        As `keras.Model.fit` in the Keras 3 API docs, on tfk_trainer's own
+        engine; where it differs on purpose, see docs/differences.md.
+
+        Args:
+            x: Input data. It could be:
+                - A NumPy array (or array-like: pandas, SciPy sparse), or a list
+                  of arrays (in case the model has multiple inputs).
+                - A tensor, or a list of tensors (in case the model has
+                  multiple inputs).
+                - A dict mapping input names to the corresponding
+                  arrays/tensors, if the model has named inputs.
+                - A `tf.data.Dataset` of batches. Should return a tuple of
+                  either `(inputs, targets)` or `(inputs, targets, sample_weights)`.
+                - A `keras.utils.PyDataset` or `tfk.data.PyDataset`, a Python
+                  generator, or a callable returning a fresh generator per epoch,
+                  yielding `(inputs, targets)` or `(inputs, targets, sample_weights)`.
+            y: Target data: NumPy array(s) or tensor(s), like `x`. Not given
+                when `x` is a dataset, generator or PyDataset (the targets come
+                from `x`).
+            batch_size: Integer or `None`. Number of samples per gradient
+                update; 32 if unspecified. Not given for datasets, generators
+                or PyDatasets (they make their own batches).
+            epochs: Integer. The index of the final epoch: training runs from
+                `initial_epoch` until the epoch of index `epochs` is reached.
+                An epoch is one pass over the data, or `steps_per_epoch` steps.
+            verbose: `"auto"`, 0, 1, or 2. 0 = silent, 1 = progress bar,
+                2 = one line per epoch. `"auto"` is 1 when stdout is a terminal
+                and 2 otherwise (Keras: 1).
+            callbacks: List of callbacks (`tfk.callbacks` or
+                `keras.callbacks.Callback` instances) called during training.
+                `History` and `ProgbarLogger` are added automatically.
+            validation_split: Float between 0 and 1. The fraction of the
+                training arrays set apart (the last samples, before shuffling)
+                and evaluated at the end of each epoch. Array inputs only.
+                `validation_data` overrides it.
+            validation_data: Data evaluated at the end of each epoch (not
+                trained on): a tuple `(x_val, y_val)` or
+                `(x_val, y_val, val_sample_weights)` of arrays or tensors, a
+                `tf.data.Dataset`, a Python generator or a PyDataset. Its
+                inputs are checked against the model before training starts.
+            shuffle: `True`, `False` or `"batch"`. Whether to shuffle array
+                training data before each epoch (`"batch"`: shuffle the order
+                of batches only). Ignored for datasets and generators.
+            class_weight: Optional dict mapping class indices (integers) to a
+                weight (float), applied to the loss during training. For
+                targets of rank 2 or more, `y` must be one-hot or have an
+                explicit final dimension of 1 for sparse labels.
+            sample_weight: Optional array of weights for the training samples
+                (flat, one per sample, or `(samples, sequence_length)` for
+                temporal data), applied to the loss and to `weighted_metrics`.
+                For datasets and generators, yield it as the third element.
+            initial_epoch: Integer. The epoch at which to start training (to
+                resume an earlier run).
+            steps_per_epoch: Integer, -1 or `None`. The number of steps
+                (batches) in an epoch. `None`: the size of the data, or until a
+                dataset is exhausted. Required for an infinitely repeating
+                dataset; -1 runs indefinitely. tfk_trainer runs exactly this
+                many optimizer steps per epoch (Keras rounds up to a multiple
+                of `steps_per_execution`).
+            validation_steps: Integer or `None`. The number of validation
+                batches per validation run; `None`: until `validation_data` is
+                exhausted. With a partly consumed dataset, each validation run
+                starts from the beginning, so the same samples are used.
+            validation_batch_size: Integer or `None`. Samples per validation
+                batch; defaults to `batch_size`. Not given for datasets or
+                PyDatasets.
+            validation_freq: Integer. Validate every `validation_freq` epochs.
+
+        Returns:
+            A `History` object whose `history` attribute maps each loss and
+            metric name (and `val_` ones) to its value at each epoch.
+        """
         self._require_compiled("fit")
         verbose = resolve_verbose(verbose)
         _check_int(epochs, "epochs", minimum=0)
@@ -987,17 +1198,58 @@ class Model(ModelSurface, tf.Module):
 
     def evaluate(
         self,
-        x=None,
-        y=None,
-        batch_size=None,
-        verbose="auto",
-        sample_weight=None,
-        steps=None,
-        callbacks=None,
-        return_dict=False,
-        **kwargs,
-    ):
-        """Returns the loss and metrics in test mode (scalar, list, or dict)."""
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: int | str = "auto",
+        sample_weight: Any = None,
+        steps: int | None = None,
+        callbacks: list | None = None,
+        return_dict: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Returns the loss value and metric values of the model in test mode.
+
+        Computed in batches, as `keras.Model.evaluate` in the Keras 3 API
+        docs. Under `static_shapes`, the last batch is padded and the padding
+        ignored, so the results are exact.
+
+        Args:
+            x: Input data. It could be:
+                - A NumPy array (or array-like: pandas, SciPy sparse), or a list
+                  of arrays (in case the model has multiple inputs).
+                - A tensor, or a list of tensors (in case the model has
+                  multiple inputs).
+                - A dict mapping input names to the corresponding
+                  arrays/tensors, if the model has named inputs.
+                - A `tf.data.Dataset` of batches. Should return a tuple of
+                  either `(inputs, targets)` or `(inputs, targets, sample_weights)`.
+                - A `keras.utils.PyDataset` or `tfk.data.PyDataset`, a Python
+                  generator, or a callable returning a fresh generator per epoch,
+                  yielding `(inputs, targets)` or `(inputs, targets, sample_weights)`.
+            y: Target data: NumPy array(s) or tensor(s), like `x`. Not given
+                when `x` is a dataset, generator or PyDataset.
+            batch_size: Integer or `None`. Samples per batch; 32 if
+                unspecified. Not given for datasets, generators or PyDatasets.
+            verbose: `"auto"`, 0, 1, or 2. 0 = silent, 1 = progress bar,
+                2 = single line. `"auto"` is 1 when stdout is a terminal and 2
+                otherwise.
+            sample_weight: Optional array of weights for the test samples
+                (flat, or `(samples, sequence_length)` for temporal data).
+                For datasets, yield it as the third element of `x`.
+            steps: Integer or `None`. The number of batches to evaluate;
+                `None`: until the data is exhausted.
+            callbacks: List of callbacks called during evaluation.
+            return_dict: If `True`, the loss and metric results are returned
+                as a dict keyed by name; if `False`, as a list (a scalar when
+                there is only the loss) in the order of `metrics_names`.
+            **kwargs: Accepted only to match Keras's signature: any keyword
+                argument here raises a `TypeError` naming it.
+
+        Returns:
+            The scalar test loss (single output, no metrics), a list of
+            scalars, or a dict (`return_dict=True`).
+        """
         if kwargs:
             raise TypeError(
                 f"evaluate() got unexpected keyword arguments {sorted(kwargs)}; accepted: x, y, "
@@ -1036,8 +1288,40 @@ class Model(ModelSurface, tf.Module):
         values += [logs[k] for k in sorted(logs) if k not in self.metrics_names]
         return values[0] if len(values) == 1 else values
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Generates predictions; nested and dict outputs keep their structure."""
+    def predict(
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: int | str = "auto",
+        steps: int | None = None,
+        callbacks: list | None = None,
+    ) -> Any:
+        """Generates output predictions for the input samples.
+
+        Computed in batches, for large inputs, as `keras.Model.predict` in
+        the Keras 3 API docs; for a few inputs that fit in one batch, calling
+        the model (`model(x)`) is faster. Outputs are gathered in input order
+        (also across replicas and workers), and nested and dict outputs keep
+        their structure. `compile()` is not needed.
+
+        Args:
+            x: Input samples: a NumPy array (or array-like) or a list of them,
+                a tensor or a list of tensors, a dict of them for named inputs,
+                a `tf.data.Dataset`, a PyDataset, a Python generator, or a
+                callable returning a generator.
+            batch_size: Integer or `None`. Samples per batch; 32 if
+                unspecified. Not given for datasets, generators or PyDatasets.
+            verbose: `"auto"`, 0, 1, or 2. 0 = silent, 1 = progress bar,
+                2 = single line. `"auto"` is 1 when stdout is a terminal and 2
+                otherwise.
+            steps: Integer or `None`. The number of batches to predict;
+                `None`: until the data is exhausted.
+            callbacks: List of callbacks called during prediction.
+
+        Returns:
+            NumPy array(s) of predictions, in the structure of the model's
+            outputs.
+        """
         verbose = resolve_verbose(verbose)
         static = self._static_mode(training=False)
         if execution._is_multi_worker(self.distribute_strategy):
@@ -1117,8 +1401,37 @@ class Model(ModelSurface, tf.Module):
             except execution.XlaFallback:
                 iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
 
-    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
-        """One gradient update on one batch; returns that batch's loss and metrics."""
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        class_weight: dict | None = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """Runs a single gradient update on a single batch of data.
+
+        The metrics are reset first, so the results are this batch's.
+
+        Args:
+            x: Input data. Must be array-like (an array, a tensor, or a
+                list/dict of them).
+            y: Target data. Must be array-like.
+            sample_weight: Optional array of the same length as `x` weighting
+                each sample's loss (or `(samples, sequence_length)` for
+                temporal data).
+            class_weight: Optional dict mapping class indices (integers) to a
+                weight (float) for the samples of that class. For targets of
+                rank 2 or more, `y` must be one-hot or have an explicit final
+                dimension of 1 for sparse labels.
+            return_dict: If `True`, the results are a dict keyed by name; if
+                `False`, a list.
+
+        Returns:
+            A scalar loss value (no metrics and `return_dict=False`), a list
+            of loss and metric values (`return_dict=False`), or a dict of
+            them (`return_dict=True`).
+        """
         self._require_compiled("train_on_batch")
         if class_weight is not None:
             from tfk_trainer.data import class_weight as class_weight_lib
@@ -1131,8 +1444,28 @@ class Model(ModelSurface, tf.Module):
         self._run_single("train", adapter)
         return self._format_results(self._materialized_logs(), return_dict)
 
-    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        """Evaluates one batch; returns its loss and metrics."""
+    def test_on_batch(
+        self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False
+    ) -> Any:
+        """Tests the model on a single batch of samples.
+
+        The metrics are reset first, so the results are this batch's.
+
+        Args:
+            x: Input data. Must be array-like (an array, a tensor, or a
+                list/dict of them).
+            y: Target data. Must be array-like.
+            sample_weight: Optional array of the same length as `x` weighting
+                each sample's loss (or `(samples, sequence_length)` for
+                temporal data).
+            return_dict: If `True`, the results are a dict keyed by name; if
+                `False`, a list.
+
+        Returns:
+            A scalar loss value (no metrics and `return_dict=False`), a list
+            of loss and metric values (`return_dict=False`), or a dict of
+            them (`return_dict=True`).
+        """
         self._require_compiled("test_on_batch")
         adapter = self._single_batch(x, y, sample_weight, None, "test_on_batch")
         self._ensure_built(adapter.element_spec)
@@ -1141,8 +1474,16 @@ class Model(ModelSurface, tf.Module):
         self._run_single("test", adapter)
         return self._format_results(self._materialized_logs(), return_dict)
 
-    def predict_on_batch(self, x):
-        """Predictions for one batch, as NumPy."""
+    def predict_on_batch(self, x: Any) -> Any:
+        """Returns predictions for a single batch of samples.
+
+        Args:
+            x: Input data. It must be array-like (an array, a tensor, or a
+                list/dict of them).
+
+        Returns:
+            NumPy array(s) of predictions, in the structure of the outputs.
+        """
         adapter = self._single_batch(x, None, None, None, "predict_on_batch")
         dataset = adapter.get_dataset()
         self._ensure_predict_ready(dataset.element_spec)
@@ -1157,19 +1498,32 @@ class Model(ModelSurface, tf.Module):
     def save_checkpoint(self, path: str, *, include_optimizer: bool = True) -> str:
         """Saves the network and (by default) the optimizer to the checkpoint prefix `path`.
 
-        Restorable under any strategy with `load_checkpoint`. Returns the
-        written prefix. Only the chief worker writes to `path`.
+        tfk_trainer's own (Keras saves with `save_weights`): a TensorFlow
+        object checkpoint, written atomically, restorable under any strategy
+        with `load_checkpoint`. Only the chief worker writes.
+
+        Args:
+            path: The checkpoint prefix (files `path.index`, `path.data-*`);
+                local or any `tf.io.gfile` path such as `gs://`.
+            include_optimizer: Whether to save the optimizer's state too.
+
+        Returns:
+            The written prefix.
         """
         from tfk_trainer import checkpoint as checkpoint_lib
 
         return checkpoint_lib.save(self, path, include_optimizer=include_optimizer)
 
     def load_checkpoint(self, path: str, *, include_optimizer: bool = True) -> None:
-        """Restores a checkpoint (a prefix, or a directory: its latest checkpoint).
+        """Restores a checkpoint written by `save_checkpoint` (or by tfk-train).
 
         The model's variables must exist (build it first, e.g. with
         `keras.Input`, or by calling it once); a checkpoint of another model
         raises a `ValueError` naming the mismatch.
+
+        Args:
+            path: A checkpoint prefix, or a directory (its latest checkpoint).
+            include_optimizer: Whether to restore the optimizer's state too.
         """
         from tfk_trainer import checkpoint as checkpoint_lib
 

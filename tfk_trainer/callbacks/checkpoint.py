@@ -200,6 +200,24 @@ class ModelCheckpoint(Callback):
     Keras model) is saved by Keras; any other path is a TensorFlow
     checkpoint prefix holding the network and, unless `save_weights_only`,
     the optimizer, restorable with `model.load_checkpoint(path)`.
+
+    Args:
+        filepath: Where to save: a path that may hold `{epoch}` and log
+            fields such as `{val_loss:.2f}` (a field naming a missing log key
+            raises a `KeyError`). Local or `gs://`.
+        monitor: The log key compared for `save_best_only`
+            (e.g. `"val_loss"`, `"val_accuracy"`).
+        verbose: 0 (silent) or 1 (a line per save).
+        save_best_only: Save only when `monitor` improves on the best value
+            so far (a missing key: a logged warning, no save).
+        save_weights_only: Save the network only (no optimizer state).
+        mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher
+            `monitor` is better; `"auto"` infers it from the name (`max` for
+            accuracy-like keys).
+        save_freq: `"epoch"` (at each epoch end) or an int: every that many
+            optimizer steps (rounded up to execution boundaries).
+        initial_value_threshold: Optional float: the value `monitor` must
+            beat for the first save with `save_best_only`.
     """
 
     def __init__(

@@ -27,6 +27,17 @@ def resolve_verbose(verbose) -> int:
 
 
 class ProgbarLogger(Callback):
+    """Prints metrics to stdout: a progress bar or one line per epoch.
+
+    `fit`, `evaluate` and `predict` add one according to `verbose`; pass one
+    only to change `interval`. It refreshes on a time interval, not at every
+    batch, so it never forces short executions.
+
+    Args:
+        verbose: 1 = progress bar, 2 = one line per epoch, 0 = silent.
+        interval: Minimum seconds between progress bar refreshes.
+    """
+
     coarse_batch_hooks = True  # refreshes at most every `interval` seconds
 
     def __init__(self, verbose: int = 1, interval: float = 0.1):

@@ -266,19 +266,34 @@ class EarlyStopping(_MonitorCallback):
     than `min_delta` (and, when `baseline` is given, on the baseline too).
     With `restore_best_weights`, the weights of the best epoch are restored
     when training ends, whether or not it stopped early.
+
+    Args:
+        monitor: The log key to monitor (e.g. `"val_loss"`).
+        min_delta: Minimum change that counts as an improvement.
+        patience: Number of epochs without improvement after which
+            training stops.
+        verbose: 0 (silent) or 1 (a line when it stops or restores).
+        mode: `"auto"`, `"min"` or `"max"`: whether lower or higher is
+            better; `"auto"` infers it from the name.
+        baseline: Optional value the monitored quantity must beat; training
+            stops if it does not within `patience` epochs.
+        restore_best_weights: Restore the weights of the best epoch when
+            training ends.
+        start_from_epoch: Number of epochs to wait before counting towards
+            `patience` (a warm-up).
     """
 
     def __init__(
         self,
-        monitor="val_loss",
-        min_delta=0,
-        patience=0,
-        verbose=0,
-        mode="auto",
-        baseline=None,
-        restore_best_weights=False,
-        start_from_epoch=0,
-    ):
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
         owner = "EarlyStopping"
         super().__init__(monitor, mode, min_delta, owner)
         self.patience = _check_int(patience, "patience", owner)
@@ -350,19 +365,33 @@ class ReduceLROnPlateau(_MonitorCallback):
     Same arguments and behaviour as `keras.callbacks.ReduceLROnPlateau`,
     including writing `learning_rate` into the epoch logs (so `History` and a
     later `CSVLogger` record it).
+
+    Args:
+        monitor: The log key to monitor (e.g. `"val_loss"`).
+        factor: The factor the learning rate is multiplied by
+            (`new_lr = lr * factor`); in (0, 1).
+        patience: Number of epochs without improvement after which the
+            learning rate is reduced.
+        verbose: 0 (silent) or 1 (a line at each reduction).
+        mode: `"auto"`, `"min"` or `"max"`: whether lower or higher is
+            better; `"auto"` infers it from the name.
+        min_delta: Minimum change that counts as an improvement.
+        cooldown: Number of epochs to wait after a reduction before
+            counting again.
+        min_lr: Lower bound on the learning rate.
     """
 
     def __init__(
         self,
-        monitor="val_loss",
-        factor=0.1,
-        patience=10,
-        verbose=0,
-        mode="auto",
-        min_delta=1e-4,
-        cooldown=0,
-        min_lr=0.0,
-    ):
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
         owner = "ReduceLROnPlateau"
         super().__init__(monitor, mode, min_delta, owner)
         factor = _check_real(factor, "factor", owner)
@@ -476,9 +505,14 @@ class LearningRateScheduler(Callback):
     `schedule(epoch, lr)` (or `schedule(epoch)`) returns the learning rate
     for the 0-based `epoch`; `lr` is the current one. The rate is written to
     the epoch logs as `learning_rate`, as Keras does.
+
+    Args:
+        schedule: A function `schedule(epoch, lr)` or `schedule(epoch)`
+            returning the new learning rate (a float).
+        verbose: 0 (silent) or 1 (a line per update).
     """
 
-    def __init__(self, schedule, verbose=0):
+    def __init__(self, schedule: collections.abc.Callable, verbose: int = 0) -> None:
         super().__init__()
         if not callable(schedule):
             raise TypeError(
@@ -532,9 +566,15 @@ class CSVLogger(Callback):
     added to an existing file and the header is written only if the file is
     empty or new, so a resumed run continues the same table; a header that
     differs from the existing one is reported with a warning.
+
+    Args:
+        filename: The CSV file (local or `gs://`; written through
+            `tf.io.gfile`).
+        separator: The string between fields.
+        append: Add to an existing file instead of overwriting it.
     """
 
-    def __init__(self, filename, separator=",", append=False):
+    def __init__(self, filename: str, separator: str = ",", append: bool = False) -> None:
         super().__init__()
         if not isinstance(filename, (str, os.PathLike)):
             raise TypeError(
@@ -663,9 +703,12 @@ class TerminateOnNaN(Callback):
     training stops after that execution, with `on_epoch_end` and
     `on_train_end` still called. With `raise_error=True` a `RuntimeError` is
     raised instead, skipping the remaining hooks (Keras 3's option).
+
+    Args:
+        raise_error: Raise a `RuntimeError` instead of stopping training.
     """
 
-    def __init__(self, raise_error=False):
+    def __init__(self, raise_error: bool = False) -> None:
         super().__init__()
         if not isinstance(raise_error, (bool, np.bool_)):
             raise TypeError(
@@ -703,18 +746,28 @@ class LambdaCallback(Callback):
     logs. Hooks are called positionally: `on_epoch_*(epoch, logs)`,
     `on_train_*(logs)`, `on_*_batch_*(batch, logs)`. Other hooks (for example
     `on_batch_end`, `on_test_end`) are passed by name.
+
+    Args:
+        on_epoch_begin: Called as `on_epoch_begin(epoch, logs)`.
+        on_epoch_end: Called as `on_epoch_end(epoch, logs)`.
+        on_train_begin: Called as `on_train_begin(logs)`.
+        on_train_end: Called as `on_train_end(logs)`.
+        on_train_batch_begin: Called as `on_train_batch_begin(batch, logs)`.
+        on_train_batch_end: Called as `on_train_batch_end(batch, logs)`.
+        **kwargs: Any other hook by name, e.g. `on_test_end=fn`; an unknown
+            name raises.
     """
 
     def __init__(
         self,
-        on_epoch_begin=None,
-        on_epoch_end=None,
-        on_train_begin=None,
-        on_train_end=None,
-        on_train_batch_begin=None,
-        on_train_batch_end=None,
-        **kwargs,
-    ):
+        on_epoch_begin: collections.abc.Callable | None = None,
+        on_epoch_end: collections.abc.Callable | None = None,
+        on_train_begin: collections.abc.Callable | None = None,
+        on_train_end: collections.abc.Callable | None = None,
+        on_train_batch_begin: collections.abc.Callable | None = None,
+        on_train_batch_end: collections.abc.Callable | None = None,
+        **kwargs: collections.abc.Callable,
+    ) -> None:
         super().__init__()
         hooks = {
             "on_epoch_begin": on_epoch_begin,

@@ -160,8 +160,10 @@ class TensorBoard(Callback):
             often in-model summaries record.
         profile_batch: an optimizer step, or `(start, stop)` steps, to
             profile (rounded out to whole executions); 0 disables it.
-        embeddings_freq, embeddings_metadata: accepted for compatibility;
-            the embedding projector is not supported (a warning says so).
+        embeddings_freq: accepted for compatibility; the embedding projector
+            is not supported (a warning says so when it or
+            `embeddings_metadata` is given).
+        embeddings_metadata: accepted for compatibility, unused.
     """
 
     def __init__(

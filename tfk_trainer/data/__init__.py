@@ -1,4 +1,4 @@
-"""Input pipelines: every input kind the seeds name, as a batched tf.data.Dataset."""
+"""Input pipelines: every input kind the Keras 3 API docs name, as a batched tf.data.Dataset."""
 
 from tfk_trainer.data.adapters import (
     ArrayAdapter,

@@ -349,7 +349,7 @@ class ArrayAdapter(DataAdapter):
 
 
 class DatasetAdapter(DataAdapter):
-    """A user's `tf.data.Dataset`, already batched; elements unpacked per the seed."""
+    """A user's `tf.data.Dataset`, already batched; elements unpacked as the Keras 3 API docs say."""
 
     def __init__(self, dataset: tf.data.Dataset, *, class_weight: dict | None = None):
         spec = dataset.element_spec
@@ -401,7 +401,7 @@ def get_adapter(
     static: str | None = None,
     argument: str = "x",
 ) -> DataAdapter:
-    """Picks the adapter for `x`, with the seed's rules on what may accompany it.
+    """Picks the adapter for `x`, with the Keras 3 API docs' rules on what may accompany it.
 
     `static` selects static-shape mode: "drop" or "wrap" (training) or "pad"
     (evaluate/predict); None keeps the partial last batch as it is.

@@ -1,7 +1,7 @@
 """`class_weight`: per-class loss weights turned into per-sample weights in tf.data.
 
 One implementation serves arrays and datasets alike. Labels are read the way
-the seed describes: one-hot targets (last dimension > 1) by argmax, sparse
+the Keras 3 API docs describe: one-hot targets (last dimension > 1) by argmax, sparse
 targets with an explicit final dimension of 1 by squeezing; temporal sparse
 labels `(N, T)` get one weight per timestep. Classes missing from the dict,
 and class ids outside it (negative or above the largest key), weigh 1.0,

@@ -36,7 +36,7 @@ from tfk_trainer.data.class_weight import apply_to_dataset
 
 
 def _normalize(element: Any, source: str) -> tuple:
-    """An element as a tuple of NumPy leaves, per the seed's unpacking rule."""
+    """An element as a tuple of NumPy leaves, per the unpacking rule of the Keras 3 API docs."""
     structure.check_not_namedtuple(element, source)
     x, y, sw = structure.unpack_x_y_sample_weight(element)
     packed = structure.pack_x_y_sample_weight(x, y, sw)

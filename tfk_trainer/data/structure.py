@@ -1,6 +1,6 @@
 """Unpacking and checking of the `(x, y, sample_weight)` structure of a batch.
 
-The seeds define one rule for iterator-like inputs: an element is a tuple of
+The Keras 3 API docs define one rule for iterator-like inputs: an element is a tuple of
 length 1, 2 or 3 read as `(x, y, sample_weight)`; anything else is `x` alone.
 Namedtuples are rejected because they are both ordered and keyed. Every
 adapter funnels its elements through `unpack_x_y_sample_weight`, so the rule
@@ -31,7 +31,7 @@ def check_not_namedtuple(value: Any, argument: str) -> None:
 
 
 def unpack_x_y_sample_weight(data: Any) -> tuple[Any, Any, Any]:
-    """Splits one element into `(x, y, sample_weight)` per the seed's rule."""
+    """Splits one element into `(x, y, sample_weight)` per the Keras 3 API docs' rule."""
     check_not_namedtuple(data, "x")
     if isinstance(data, list):
         data = tuple(data)

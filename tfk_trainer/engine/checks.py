@@ -64,10 +64,24 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+# A printed array of numbers ("[[0. 0. ...]]"), possibly over many lines: Keras puts
+# the whole input tensor into its shape errors, hundreds of lines for one image batch.
+_ARRAY_LITERAL = re.compile(r"\[[\[\]\s\d.,eE+\-]{40,}\]")  # 40+: never a shape list
+# Keras's "Invalid input shape for input ... Expected shape (None, 28, 28), but input
+# has incompatible shape (1, 784)".
+_EXPECTED_SHAPE = re.compile(r"Expected shape (\([^)]*\)), but input has incompatible shape")
+
+
+def scrub_values(text: str) -> str:
+    """The text with colour codes removed and printed arrays of numbers replaced by
+    `[...]`, so an error about a shape never prints the data itself."""
+    return _ARRAY_LITERAL.sub("[...]", strip_ansi(text))
+
+
 def short_reason(error: BaseException, limit: int = 400) -> str:
     """`Type: the line that says what failed`: Keras wraps a layer's error in
     "Exception encountered when calling ..." and a list of the arguments."""
-    lines = [line.strip() for line in strip_ansi(str(error)).splitlines()]
+    lines = [line.strip() for line in scrub_values(str(error)).splitlines()]
     lines = [line for line in lines if line]
     useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
     text = (useful or lines or [""])[0].rstrip(".")
@@ -199,3 +213,25 @@ def check_sparse_labels(objectives: Any, y: Any, sample_output: Any, argument: s
             + (f" (or the ignore_class {ignore})" if ignore is not None else "")
             + "."
         )
+
+
+def model_call_failure(error: BaseException, x_spec: Any, argument: str = "x") -> str:
+    """One short line for "calling the model on a batch shaped like `x` failed".
+
+    Keras's own message holds the whole input tensor and the list of the call's
+    arguments (a hundred lines for a batch of images); the user needs the
+    argument, the shape the model expects and the shape it was given. The full
+    Keras error stays available as the `__cause__` of the error raised with
+    this message.
+    """
+    given = describe_spec(x_spec)
+    match = _EXPECTED_SHAPE.search(strip_ansi(str(error)))
+    if match:
+        return (
+            f"`{argument}` does not fit the model: the model expects inputs of shape "
+            f"{match.group(1)}, but `{argument}` has shape {given}."
+        )
+    return (
+        f"Calling the model on `{argument}` (a batch shaped like the data: {given}) "
+        f"failed: {short_reason(error, limit=300)}."
+    )

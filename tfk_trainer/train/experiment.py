@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -301,19 +300,24 @@ def _restore(
 
 
 def export_model(model: tfk.Model, paths: Paths, strategy: Any) -> str:
-    """Writes the SavedModel to model_dir/export, replacing an older one."""
+    """Writes the SavedModel to model_dir/export, replacing an older one.
+
+    Staged next to it and swapped in with `tf.io.gfile` renames (any file system), so
+    a reader sees the old export or the new one, and the directories get the
+    permissions the umask gives (a serving process may run as another user).
+    """
     final = paths.export
     staging = os.path.join(paths.model_dir, f".export-staging-{os.getpid()}")
     model.export(staging)
     if not tfk.distribute.is_chief(strategy):
         return final
     old = None
-    if os.path.exists(final):
+    if tf.io.gfile.exists(final):
         old = os.path.join(paths.model_dir, f".export-old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staging, final)
+        tf.io.gfile.rename(final, old)
+    tf.io.gfile.rename(staging, final)
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        tf.io.gfile.rmtree(old)
     return final
 
 

@@ -7,8 +7,10 @@ int baked in when the train function is traced. Here every step is the
 optimizer's `iterations`:
 
 - batch scalars are written at `int(optimizer.iterations)` after the
-  execution, and `update_freq=N` means "whenever a multiple of N optimizer
-  steps was crossed";
+  execution, and `update_freq=N` means "at every multiple of N optimizer
+  steps" (the callback's `step_interval`: the engine ends executions there);
+- epoch scalars are at the epoch index, as in Keras, or with
+  `epoch_axis="step"` at the optimizer step (docs/tensorboard.md);
 - summaries inside the model (`tf.summary.scalar` in a layer's `call`) use a
   step that is read from the iterations variable *in the graph*, and a
   recording condition that is a tensor too, so one traced function logs

@@ -44,6 +44,26 @@ def _named_outputs(outputs: Any) -> dict:
     return {f"output_{i}": t for i, t in enumerate(flat)}
 
 
+def move_tree(src: str, dst: str) -> None:
+    """Moves directory `src` to `dst` (which must not exist) through tf.io.gfile.
+
+    Local paths: one atomic rename. Other file systems (gs://, ram://) have no
+    directory rename that moves the contents on every backend, so the files are
+    copied one by one and `src` is removed afterwards (GCS's own rename is a copy
+    too).
+    """
+    if "://" not in src and "://" not in dst:
+        tf.io.gfile.rename(src, dst)
+        return
+    for directory, _, files in tf.io.gfile.walk(src):
+        relative = directory[len(src) :].lstrip("/")
+        target = f"{dst.rstrip('/')}/{relative}" if relative else dst
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(f"{directory.rstrip('/')}/{name}", f"{target.rstrip('/')}/{name}")
+    tf.io.gfile.rmtree(src)
+
+
 def export(model: Any, path: str) -> str:
     """Writes a SavedModel of `model`'s inference function to `path`."""
     spec = model._state.input_spec
@@ -85,7 +105,7 @@ def export(model: Any, path: str) -> str:
         tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
         if tf.io.gfile.exists(path):
             tf.io.gfile.rmtree(path)  # an empty directory (checked above)
-        tf.io.gfile.rename(tmp, path)
+        move_tree(tmp, path)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)

@@ -36,7 +36,7 @@ def step_of(path: str) -> int | None:
 
 def latest(directory: str) -> str | None:
     """The prefix of the newest complete checkpoint in `directory`, or None."""
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         return None
     return tf.train.latest_checkpoint(directory)
 
@@ -63,7 +63,7 @@ class CheckpointSaver(Callback):
             self._written = checkpoint_lib.write_directory(
                 self.directory, model.distribute_strategy
             )
-            os.makedirs(self._written, exist_ok=True)
+            tf.io.gfile.makedirs(self._written)
             checkpoint = tf.train.Checkpoint(**checkpoint_lib.checkpoint_items(model))
             self._manager = tf.train.CheckpointManager(
                 checkpoint, self._written, max_to_keep=self.max_to_keep, checkpoint_name="ckpt"

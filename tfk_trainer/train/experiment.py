@@ -33,6 +33,7 @@ from absl import logging
 import tfk_trainer as tfk
 from tfk_trainer import paths as paths_lib
 from tfk_trainer import registry
+from tfk_trainer.export import move_tree
 from tfk_trainer.train import checkpoints as ckpt_lib
 from tfk_trainer.train import data as data_lib
 from tfk_trainer.train import logs as logs_lib
@@ -316,8 +317,8 @@ def export_model(model: tfk.Model, paths: Paths, strategy: Any) -> str:
     old = None
     if tf.io.gfile.exists(final):
         old = os.path.join(paths.model_dir, f".export-old-{os.getpid()}")
-        tf.io.gfile.rename(final, old)
-    tf.io.gfile.rename(staging, final)
+        move_tree(final, old)
+    move_tree(staging, final)
     if old:
         tf.io.gfile.rmtree(old)
     return final

@@ -224,6 +224,27 @@ def test_update_freq_longer_than_an_execution_writes_at_exact_multiples(tmp_path
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_cut_at_intervals_and_declared_intervals(tmp_path):
+    from tfk_trainer.callbacks.base import CallbackList
+    from tfk_trainer.engine.tuning import cut_at_intervals
+
+    assert cut_at_intervals(16, 48, [50]) == 2
+    assert cut_at_intervals(16, 50, [50]) == 16  # on a multiple: up to the next one
+    assert cut_at_intervals(16, 0, [6, 10]) == 6
+    assert cut_at_intervals(16, 6, [6, 10]) == 4
+    assert cut_at_intervals(3, 0, [50]) == 3
+    callbacks = CallbackList(
+        [
+            TensorBoard(tmp_path, update_freq=50),
+            TensorBoard(tmp_path, update_freq="batch"),  # 1: every execution anyway
+            TensorBoard(tmp_path),  # "epoch": no interval
+        ],
+        model=None,
+        params={},
+    )
+    assert callbacks.step_intervals() == [50]
+
+
 def test_epoch_axis_step_writes_epoch_scalars_at_the_optimizer_step(tmp_path):
     x, y = _data()
     model = _model()

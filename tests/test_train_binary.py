@@ -170,6 +170,45 @@ def test_every_mode(tmp_path, dataset):
     assert load_json(model_dir / "summary.json")["global_step"] == steps
 
 
+# -- --print_config -----------------------------------------------------------------
+
+
+def test_print_config_prints_every_resolved_key_and_exits(tmp_path):
+    config = write_config(tmp_path / "config.py", SYNTHETIC)
+    model_dir = tmp_path / "never"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TRAIN,
+            f"--config={config}",
+            f"--model_dir={model_dir}",
+            "--print_config",
+            "--config.train.epochs=7",
+            "--seed=5",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = dict(
+        line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line and "." in line
+    )
+    assert lines["train.epochs"] == "7"  # the override
+    assert lines["runtime.seed"] == "5"  # the flag
+    assert lines["data.num_train"] == "256" and lines["model.hidden_units"] == "[16]"
+    assert lines["train.optimizer"] == "'adam'"  # a default the file did not set
+    assert lines["runtime.static_shapes"] == "None"
+    from tfk_trainer.train.config import SECTIONS, fixed_fields
+
+    for section in SECTIONS:
+        for key in fixed_fields(section):
+            assert f"{section}.{key}" in lines, f"{section}.{key} not printed"
+    assert not model_dir.exists()  # nothing ran
+
+
 # -- TensorBoard, permissions, a rerun's summary ----------------------------------
 
 

@@ -1,31 +1,7 @@
-"""A small Transformer encoder on synthetic token sequences (benchmarks, smoke tests).
+"""The shipped config `synthetic_transformer`: its one copy is tfk_trainer/configs/synthetic_transformer.py.
 
-    .venv/bin/tfk-train --config=configs/synthetic_transformer.py --model_dir=/tmp/synth_tfm
-
-No data to download: the sequences are deterministic random token ids, labelled by
-their first token (so the task is learnable).
+    tfk-train --config=synthetic_transformer ...                # by name, installed or not
+    tfk-train --config=configs/synthetic_transformer.py ...     # this file, in a checkout
 """
 
-from tfk_trainer.train.config import base_config
-
-VOCAB_SIZE = 1000
-SEQUENCE_LENGTH = 32
-
-
-def get_config():
-    config = base_config(model="transformer", data="synthetic")
-    config.model.vocab_size = VOCAB_SIZE
-    config.model.embed_dim = 64
-    config.model.num_heads = 4
-    config.model.ff_dim = 128
-    config.model.num_layers = 2
-    config.data.input_shape = (SEQUENCE_LENGTH,)
-    config.data.dtype = "int32"
-    config.data.vocab_size = VOCAB_SIZE
-    config.data.num_classes = 4
-    config.data.num_train = 8192
-    config.data.num_test = 1024
-    config.train.epochs = 3
-    config.train.batch_size = 64
-    config.train.steps_per_execution = 16
-    return config
+from tfk_trainer.configs.synthetic_transformer import get_config  # noqa: F401

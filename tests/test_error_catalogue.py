@@ -676,6 +676,7 @@ BINARY_CASES: list[BinaryCase] = [
     BinaryCase("binary-model-dir-is-a-file", (), (r"--model_dir '[^']*afile' exists and is not a directory",), model_dir=_model_dir_file),
     BinaryCase("binary-model-dir-not-writable", (), (r"--model_dir '[^']*(afile/sub|readonly)/run' cannot be created or written: '[^']*(afile|readonly)' is not a (writable )?directory",), model_dir=_unwritable_model_dir),
     BinaryCase("binary-config-file-missing", ("--config={d}/nonexistent.py",), (r"--config=\S*nonexistent\.py: could not read the config file", r"No such file or directory"), config=None),
+    BinaryCase("binary-config-unknown-name", ("--config=fashion_mnist_mpl",), (r"--config=fashion_mnist_mpl: no such config file, and no shipped config is named 'fashion_mnist_mpl'\. Did you mean \"fashion_mnist_mlp\"\? Shipped configs: .*fashion_mnist_mlp",), config=None),
     BinaryCase("binary-config-raises", (), (r"--config=\S*config\.py: loading the config failed: RuntimeError: boom in get_config",), config='raise RuntimeError("boom in get_config")'),
     BinaryCase("binary-config-returns-a-dict", (), (r"get_config\(\) must return an ml_collections\.ConfigDict; it returned dict",), config="config = {'train': {'epochs': 1}}"),
 ]

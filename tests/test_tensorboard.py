@@ -169,18 +169,96 @@ def test_batch_and_epoch_scalars_at_true_optimizer_steps(trained):
 
 
 def test_update_freq_int_counts_optimizer_steps(tmp_path):
-    """update_freq=6 with 4-step executions: log where a multiple of 6 was crossed."""
+    """update_freq=6 with 4-step executions: the engine ends executions on multiples
+    of 6 (4, 2, 4, 2 steps per epoch), so scalars land exactly at 6, 12, 18, ..."""
     x, y = _data()
     model = _model(SummaryLayer())
     tb = TensorBoard(tmp_path, update_freq=6, write_graph=False)
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, callbacks=[tb], verbose=0)
     train = _events(tmp_path / "train")
-    assert _steps(train, "batch_loss") == [8, 12, 20, 24, 32, 36]
+    assert _steps(train, "batch_loss") == [6, 12, 18, 24, 30, 36]
     assert _steps(train, "epoch_loss") == [0, 1, 2]
     assert "train_function" not in train
     # In-model summaries record on the steps that are multiples of 6.
     assert _steps(train, _in_model_tag(train)) == [6, 12, 18, 24, 30, 36]
     assert not (tmp_path / "validation").exists()
+
+
+def test_update_freq_longer_than_an_execution_writes_at_exact_multiples(tmp_path):
+    """update_freq=50 with steps_per_execution=16 and 80-step epochs: writes at 50,
+    100, 150 (not at the end of the execution that crossed them: 64, 112, 160), and
+    training is the same steps as without the callback."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(160, 4)).astype("float32")
+    y = rng.integers(0, 3, size=(160,))
+
+    def fit(callbacks):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        model.compile(
+            optimizer="sgd",
+            loss="sparse_categorical_crossentropy",
+            steps_per_execution=16,
+            jit_compile=False,
+        )
+        seen = []
+        marker = tfk.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: seen.append(
+                int(model.optimizer.iterations.numpy())
+            )
+        )
+        history = model.fit(
+            x, y, batch_size=2, epochs=2, shuffle=False, callbacks=[*callbacks, marker], verbose=0
+        )
+        return model, history.history["loss"], seen
+
+    model, losses, seen = fit([TensorBoard(tmp_path, update_freq=50, write_graph=False)])
+    assert _steps(_events(tmp_path / "train"), "batch_loss") == [50, 100, 150]
+    # Executions end at 16, 32, 48, 50, 66, 80 (the epoch), 96, 100, 116, ...
+    assert seen == [16, 32, 48, 50, 66, 80, 96, 100, 116, 132, 148, 150, 160]
+    assert int(model.optimizer.iterations.numpy()) == 160
+    reference, reference_losses, reference_seen = fit([])
+    assert reference_seen == [16, 32, 48, 64, 80, 96, 112, 128, 144, 160]
+    np.testing.assert_allclose(losses, reference_losses, rtol=0, atol=1e-6)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_cut_at_intervals_and_declared_intervals(tmp_path):
+    from tfk_trainer.callbacks.base import CallbackList
+    from tfk_trainer.engine.tuning import cut_at_intervals
+
+    assert cut_at_intervals(16, 48, [50]) == 2
+    assert cut_at_intervals(16, 50, [50]) == 16  # on a multiple: up to the next one
+    assert cut_at_intervals(16, 0, [6, 10]) == 6
+    assert cut_at_intervals(16, 6, [6, 10]) == 4
+    assert cut_at_intervals(3, 0, [50]) == 3
+    callbacks = CallbackList(
+        [
+            TensorBoard(tmp_path, update_freq=50),
+            TensorBoard(tmp_path, update_freq="batch"),  # 1: every execution anyway
+            TensorBoard(tmp_path),  # "epoch": no interval
+        ],
+        model=None,
+        params={},
+    )
+    assert callbacks.step_intervals() == [50]
+
+
+def test_epoch_axis_step_writes_epoch_scalars_at_the_optimizer_step(tmp_path):
+    x, y = _data()
+    model = _model()
+    tb = TensorBoard(tmp_path, epoch_axis="step", histogram_freq=1, write_graph=False)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, callbacks=[tb], verbose=0, validation_data=(x, y)
+    )
+    train, validation = _events(tmp_path / "train"), _events(tmp_path / "validation")
+    assert _steps(train, "epoch_loss") == [12, 24]
+    assert _steps(validation, "epoch_loss") == [12, 24]
+    histograms = [t for t, events in train.items() if events[0].plugin == "histograms"]
+    assert histograms and all(_steps(train, t) == [12, 24] for t in histograms)
+    with pytest.raises(ValueError, match="epoch_axis.*received 'global'"):
+        TensorBoard(tmp_path, epoch_axis="global")
 
 
 # -- 2. summaries inside the model -----------------------------------------

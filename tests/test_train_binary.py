@@ -171,6 +171,151 @@ def test_every_mode(tmp_path, dataset):
     assert load_json(model_dir / "summary.json")["global_step"] == steps
 
 
+# -- --print_config -----------------------------------------------------------------
+
+
+def test_print_config_prints_every_resolved_key_and_exits(tmp_path):
+    config = write_config(tmp_path / "config.py", SYNTHETIC)
+    model_dir = tmp_path / "never"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TRAIN,
+            f"--config={config}",
+            f"--model_dir={model_dir}",
+            "--print_config",
+            "--config.train.epochs=7",
+            "--seed=5",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = dict(
+        line.split(" = ", 1) for line in proc.stdout.splitlines() if " = " in line and "." in line
+    )
+    assert lines["train.epochs"] == "7"  # the override
+    assert lines["runtime.seed"] == "5"  # the flag
+    assert lines["data.num_train"] == "256" and lines["model.hidden_units"] == "[16]"
+    assert lines["train.optimizer"] == "'adam'"  # a default the file did not set
+    assert lines["runtime.static_shapes"] == "None"
+    from tfk_trainer.train.config import SECTIONS, fixed_fields
+
+    for section in SECTIONS:
+        for key in fixed_fields(section):
+            assert f"{section}.{key}" in lines, f"{section}.{key} not printed"
+    assert not model_dir.exists()  # nothing ran
+
+
+# -- TensorBoard, permissions, a rerun's summary ----------------------------------
+
+
+def _scalar_steps(run_dir: Path) -> dict[str, list[int]]:
+    import tensorflow as tf
+
+    out: dict[str, list[int]] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append(event.step)
+    return out
+
+
+def _hparams(log_dir: Path) -> dict:
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content
+                )
+                for key, hparam in data.session_start_info.hparams.items():
+                    kind = hparam.WhichOneof("kind")
+                    found[key] = getattr(hparam, kind)
+    return found
+
+
+def test_tensorboard_axes_hparams_permissions_and_rerun_summary(tmp_path):
+    """One training run (umask 027), read back: every TensorBoard run on the optimizer
+    step axis, batch scalars at exact multiples, the test evaluation written, the
+    config as HParams, and files/directories with the umask's permissions (no 0700
+    export). Then the same command again: its summary does not mix times."""
+    config = write_config(
+        tmp_path / "config.py",
+        SYNTHETIC
+        + """
+    config.train.tensorboard_every_steps = 3
+    config.train.learning_rate = 0.002
+""",
+    )
+    model_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, f"--config={config}", f"--model_dir={model_dir}"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: os.umask(0o027),
+    )
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-4000:]
+    steps = load_json(model_dir / "summary.json")["global_step"]
+    assert steps == 16  # 8 steps per epoch (230 examples, batch 32), 2 epochs
+
+    logs = model_dir / "logs"
+    train, validation = _scalar_steps(logs / "train"), _scalar_steps(logs / "validation")
+    evaluation = _scalar_steps(logs / "eval")
+    assert train["epoch_loss"] == [8, 16]  # the optimizer step, not the epoch index
+    assert validation["epoch_loss"] == [8, 16]
+    assert train["batch_loss"] == [3, 6, 9, 12, 15]  # exact multiples of 3 (spe=2)
+    assert evaluation["epoch_loss"] == evaluation["epoch_accuracy"] == [16]
+
+    hparams = _hparams(logs)
+    assert hparams["train.learning_rate"] == pytest.approx(0.002)
+    assert hparams["train.epochs"] == 2
+    assert hparams["model.name"] == "mlp" and hparams["data.name"] == "synthetic"
+    assert hparams["model.hidden_units"] == "[16]"  # not a number or string: its literal
+    assert hparams["train.shuffle"] is True
+
+    export = model_dir / "export"
+    assert (export / "saved_model.pb").exists()
+    checked = {"dirs": 0, "files": 0}
+    for path in [model_dir, *model_dir.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o750, f"{path}: {oct(mode)}"
+            checked["dirs"] += 1
+        else:
+            assert mode == 0o640, f"{path}: {oct(mode)}"
+            checked["files"] += 1
+    assert checked["dirs"] >= 6 and checked["files"] >= 10, checked
+    for must in ("export/variables", "checkpoints", "logs/train", "logs/eval"):
+        assert (model_dir / must).is_dir()
+    assert not list(model_dir.glob(".*")), "a staging directory was left behind"
+
+    # The same command again: nothing trained, and the times are labelled apart.
+    first = load_json(model_dir / "summary.json")
+    out = ok(config, model_dir)
+    assert "already complete" in out
+    again = load_json(model_dir / "summary.json")
+    assert again["train_seconds"] == 0.0
+    assert again["original_train_seconds"] == pytest.approx(first["train_seconds"])
+    line = next(line for line in out.splitlines() if "wall time" in line)
+    assert "(fit " not in line and "no training, already complete" in line, line
+    assert f"original training fit {first['train_seconds']:.1f}s" in line, line
+    # No second HParams session and no second test evaluation for a run that did not train.
+    assert _scalar_steps(logs / "eval")["epoch_loss"] == [16]
+
+
 # -- resume after SIGTERM --------------------------------------------------------
 
 RESUMABLE = """
@@ -245,7 +390,13 @@ def test_continuous_evaluate_alongside_training(tmp_path):
     done = load_json(model_dir / "TRAINING_DONE")
     assert records[-1]["global_step"] == done["global_step"] == 4 * 29
     assert all(set(r["test"]) == {"accuracy", "loss"} for r in records)
-    assert list((model_dir / "logs" / "eval").glob("events.out.tfevents.*"))
+    # One x axis: each evaluation at its checkpoint's optimizer step, and the train
+    # run's epoch scalars at the optimizer steps that end the epochs (29 per epoch).
+    evaluated = _scalar_steps(model_dir / "logs" / "eval")
+    assert evaluated["epoch_loss"] == [r["global_step"] for r in records]
+    train_steps = _scalar_steps(model_dir / "logs" / "train")["epoch_loss"]
+    assert train_steps == [29, 58, 87, 116]
+    assert set(evaluated["epoch_loss"]) <= set(train_steps)  # checkpoints every epoch
 
 
 def test_continuous_evaluate_times_out_without_checkpoints(tmp_path):

@@ -5,7 +5,9 @@ inference call (`training=False`), under the `serving_default` signature
 with the input shapes and dtypes the model was built with (batch dimension
 free). `tf.saved_model.load(path).signatures["serving_default"](...)` gives
 the same predictions as `model.predict`. Written to a temporary directory
-and renamed into place, by the chief only.
+and renamed into place, by the chief only, through `tf.io.gfile` (so `path`
+may be `gs://...`); the directories and files get the permissions the umask
+gives, as any file TensorFlow writes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Any
 
 import tensorflow as tf
@@ -41,6 +44,26 @@ def _named_outputs(outputs: Any) -> dict:
     return {f"output_{i}": t for i, t in enumerate(flat)}
 
 
+def move_tree(src: str, dst: str) -> None:
+    """Moves directory `src` to `dst` (which must not exist) through tf.io.gfile.
+
+    Local paths: one atomic rename. Other file systems (gs://, ram://) have no
+    directory rename that moves the contents on every backend, so the files are
+    copied one by one and `src` is removed afterwards (GCS's own rename is a copy
+    too).
+    """
+    if "://" not in src and "://" not in dst:
+        tf.io.gfile.rename(src, dst)
+        return
+    for directory, _, files in tf.io.gfile.walk(src):
+        relative = directory[len(src) :].lstrip("/")
+        target = f"{dst.rstrip('/')}/{relative}" if relative else dst
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(f"{directory.rstrip('/')}/{name}", f"{target.rstrip('/')}/{name}")
+    tf.io.gfile.rmtree(src)
+
+
 def export(model: Any, path: str) -> str:
     """Writes a SavedModel of `model`'s inference function to `path`."""
     spec = model._state.input_spec
@@ -49,7 +72,9 @@ def export(model: Any, path: str) -> str:
             "export() needs to know the model's inputs: call fit, evaluate or predict (or "
             "predict_on_batch on a sample) first."
         )
-    if os.path.exists(path) and os.listdir(path):
+    if tf.io.gfile.exists(path) and (
+        not tf.io.gfile.isdir(path) or tf.io.gfile.listdir(path)
+    ):
         raise FileExistsError(f"export(): {path!r} exists and is not empty; choose a new path.")
     root = tf.Module()
     root.variables_to_save = list(
@@ -69,15 +94,20 @@ def export(model: Any, path: str) -> str:
             tf.saved_model.save(root, target, signatures={"serving_default": serve})
         shutil.rmtree(target, ignore_errors=True)
         return path
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tfk_export_", dir=parent)
+    # The staging directory is a sibling made by SavedModel itself (tf.io.gfile: any
+    # file system), so it and its files get the permissions the umask gives; a
+    # tempfile.mkdtemp directory would be 0700 and unreadable to a serving process
+    # running as another user.
+    parent = os.path.dirname(os.fspath(path).rstrip("/")) or "."
+    tf.io.gfile.makedirs(parent)
+    tmp = os.path.join(parent, f".tfk_export_{uuid.uuid4().hex[:12]}")
     try:
         tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
-        if os.path.exists(path):
-            os.rmdir(path)
-        os.replace(tmp, path)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)  # an empty directory (checked above)
+        move_tree(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
         raise
     return path

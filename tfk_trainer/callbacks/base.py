@@ -195,6 +195,17 @@ class CallbackList:
             for cb in self._batch_hooks[hook]
         )
 
+    def step_intervals(self) -> list[int]:
+        """The optimizer-step intervals (> 1) that callbacks declare through an int
+        `step_interval` attribute: train executions end on their multiples (see
+        `tfk_trainer.engine.tuning.cut_at_intervals`)."""
+        out = set()
+        for cb in self.callbacks:
+            interval = getattr(cb, "step_interval", None)
+            if isinstance(interval, int) and not isinstance(interval, bool) and interval > 1:
+                out.add(interval)
+        return sorted(out)
+
     def _batch(self, hook: str, batch: int, logs: Any) -> None:
         for cb in self._batch_hooks[hook]:
             getattr(cb, hook)(batch, logs=logs)

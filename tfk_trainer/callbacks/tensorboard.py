@@ -7,8 +7,10 @@ int baked in when the train function is traced. Here every step is the
 optimizer's `iterations`:
 
 - batch scalars are written at `int(optimizer.iterations)` after the
-  execution, and `update_freq=N` means "whenever a multiple of N optimizer
-  steps was crossed";
+  execution, and `update_freq=N` means "at every multiple of N optimizer
+  steps" (the callback's `step_interval`: the engine ends executions there);
+- epoch scalars are at the epoch index, as in Keras, or with
+  `epoch_axis="step"` at the optimizer step (docs/tensorboard.md);
 - summaries inside the model (`tf.summary.scalar` in a layer's `call`) use a
   step that is read from the iterations variable *in the graph*, and a
   recording condition that is a tensor too, so one traced function logs
@@ -155,9 +157,17 @@ class TensorBoard(Callback):
             logging `batch_steps_per_second` (and `batch_examples_per_second`
             when the batch size is in `params`).
         update_freq: "epoch" (only epoch scalars), "batch" (batch scalars
-            after every execution), or an int N: batch scalars whenever a
-            multiple of N optimizer steps was crossed. It also sets how
+            after every execution), or an int N: batch scalars at every
+            multiple of N optimizer steps (the engine ends executions on
+            those multiples, however long `steps_per_execution` is: with 16
+            and N=50, scalars land at steps 50, 100, 150). It also sets how
             often in-model summaries record.
+        epoch_axis: the step that epoch scalars (and histograms) are written
+            at. "epoch" (the default, as Keras's callback): the epoch index
+            0, 1, 2, ... "step": the optimizer step count at the end of the
+            epoch, the axis of the batch scalars and of Model Garden/Orbit
+            runs; the `tfk-train` binary uses it, so its train, validation
+            and test-evaluation curves share one x axis.
         profile_batch: an optimizer step, or `(start, stop)` steps, to
             profile (rounded out to whole executions); 0 disables it.
         embeddings_freq: accepted for compatibility; the embedding projector
@@ -177,9 +187,16 @@ class TensorBoard(Callback):
         profile_batch: int | tuple[int, int] | str = 0,
         embeddings_freq: int = 0,
         embeddings_metadata: Any = None,
+        epoch_axis: str = "epoch",
     ) -> None:
         super().__init__()
         self.log_dir = os.fspath(log_dir)
+        if epoch_axis not in ("epoch", "step"):
+            raise ValueError(
+                '`epoch_axis` must be "epoch" (epoch scalars at the epoch index, as Keras) or '
+                f'"step" (at the optimizer step count); received {epoch_axis!r}.'
+            )
+        self.epoch_axis = epoch_axis
         if (
             isinstance(histogram_freq, bool)
             or not isinstance(histogram_freq, (int, np.integer))
@@ -278,6 +295,11 @@ class TensorBoard(Callback):
         if iterations is None:
             return 0
         return int(np.asarray(tf.convert_to_tensor(_as_tf_variable(iterations)).numpy()))
+
+    @property
+    def step_interval(self) -> int | None:
+        """`update_freq=N`: the engine ends train executions on multiples of N steps."""
+        return self.update_freq if isinstance(self.update_freq, int) else None
 
     @property
     def coarse_batch_hooks(self) -> bool:
@@ -550,18 +572,20 @@ class TensorBoard(Callback):
             steps = self._current_step() - self._epoch_start_step
             if seconds > 0 and steps > 0:
                 train["steps_per_second"] = steps / seconds
-        self._write_scalars("train", "epoch_", train, epoch)
+        at = epoch if self.epoch_axis == "epoch" else self._current_step()
+        self._write_scalars("train", "epoch_", train, at)
         if val:
-            self._write_scalars("validation", "epoch_", val, epoch)
+            self._write_scalars("validation", "epoch_", val, at)
         if self.histogram_freq and epoch % self.histogram_freq == 0:
-            self._log_weights(epoch)
+            self._log_weights(at)
         # Once an epoch, so a running TensorBoard shows it now rather than
         # after the writer's 2-minute flush interval.
         for writer in self._writers.values():
             writer.flush()
 
     def _log_weights(self, epoch: int) -> None:
-        """Histograms (and with write_images, 2-D kernels as images) at step=epoch."""
+        """Histograms (and with write_images, 2-D kernels as images) at step `epoch`
+        (the epoch index, or the optimizer step with `epoch_axis="step"`)."""
         seen: dict[str, int] = {}
         with self._writer("train").as_default(), tf.summary.record_if(True):
             for variable in self.model.trainable_variables:

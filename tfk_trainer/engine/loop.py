@@ -22,7 +22,7 @@ import tensorflow as tf
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.adapters import DataAdapter
 from tfk_trainer.engine.execution import XlaFallback, _is_multi_worker
-from tfk_trainer.engine.tuning import StepsPerExecutionTuner
+from tfk_trainer.engine.tuning import StepsPerExecutionTuner, cut_at_intervals
 
 log = logging.getLogger("tfk_trainer")
 
@@ -169,6 +169,15 @@ def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
     except tf.errors.OpError:
         adapter.raise_pending_error()
         raise
+
+
+def _optimizer_step(model: Any) -> int:
+    """The optimizer's step count, read on the host (0 without an optimizer)."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None:
+        return 0
+    value = iterations.numpy() if hasattr(iterations, "numpy") else tf.convert_to_tensor(iterations)
+    return int(np.asarray(value).reshape(()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -341,6 +350,8 @@ class Driver:
                 position.data_seed = resume.data_seed
             skip = resume.consumed if plan.persistent else resume.step
         iterators = Iterators(model.distribute_strategy, plan, position.first_epoch)
+        # Callbacks that act at multiples of N steps: executions end on those multiples.
+        intervals = callbacks.step_intervals()
         epoch_logs: dict[str, float] = {}
         for epoch in range(position.epoch, epochs):
             resumed_mid_epoch = resume is not None and epoch == resume.epoch and resume.step > 0
@@ -355,8 +366,12 @@ class Driver:
             step = position.step if resumed_mid_epoch else 0
             position.epoch, position.step = epoch, step
             ran_out = False
+            # One host read per epoch; counted on the host in between.
+            global_step = _optimizer_step(model) if intervals else 0
             while plan.steps is None or step < plan.steps:
                 requested = self._requested(tuner, plan, step)
+                if intervals:
+                    requested = cut_at_intervals(requested, global_step, intervals)
                 callbacks.on_train_batch_begin(step)
                 try:
                     ran_t = _run_execution(
@@ -381,6 +396,7 @@ class Driver:
                 step += ran
                 position.step = step
                 position.consumed += ran
+                global_step += ran
                 if ran:
                     if callbacks.wants_batch("on_train_batch_end"):
                         callbacks.on_train_batch_end(step - 1, self._lazy_logs())

@@ -20,6 +20,14 @@ the next few are timed (forcing a host sync, only while tuning). From the
 median step time the tuner chooses enough steps for an execution to last
 about `target_seconds`. The number of steps is a tensor argument of the
 compiled function, so changing it never retraces.
+
+Step intervals: a callback that must act at exact multiples of N optimizer
+steps (TensorBoard with `update_freq=N`) declares `step_interval = N`. The
+engine then ends a train execution early wherever it would cross such a
+multiple (`cut_at_intervals`), so with `steps_per_execution=16` and N=50 the
+executions run 16, 16, 16, 2 steps and the callback sees step 50, then 100.
+Only lengths change (never the steps), and every worker computes the same
+cut from the same step count.
 """
 
 from __future__ import annotations
@@ -100,3 +108,15 @@ class ExecutionLengths:
         if steps_left is not None:
             value = min(value, steps_left)
         return max(1, value)
+
+
+def cut_at_intervals(requested: int, global_step: int, intervals: list[int] | tuple[int, ...]) -> int:
+    """`requested` shortened so the execution ends at the next multiple of any interval.
+
+    `global_step` is the optimizer step count before the execution; an execution
+    that already starts on a multiple runs up to the next one.
+    """
+    value = requested
+    for interval in intervals:
+        value = min(value, interval - global_step % interval)
+    return max(1, value)

@@ -1,7 +1,10 @@
 """`tfk-train`: the training binary, driven by ml_collections configs.
 
-    tfk-train --config=configs/fashion_mnist_mlp.py --model_dir=/tmp/run \
+    tfk-train --config=fashion_mnist_mlp --model_dir=/tmp/run \
         --config.train.epochs=3 --mode=train_and_evaluate
+
+`--config` takes a config file's path or the name of a config shipped in
+`tfk_trainer.configs`; `--print_config` prints the resolved config and exits.
 
 Modules, one job each:
 
@@ -12,5 +15,6 @@ Modules, one job each:
 - `checkpoints`: checkpoints in `model_dir/checkpoints` and the "training done" marker;
 - `experiment`: builds the model and runs a mode (train, evaluate, ...);
 - `summary`: JSON results and the printed summary;
+- `logs`: HParams and the test-split run in model_dir/logs (one optimizer-step axis);
 - `main`: the absl entry point (`tools/train.py`, console script `tfk-train`).
 """

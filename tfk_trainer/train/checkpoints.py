@@ -36,7 +36,7 @@ def step_of(path: str) -> int | None:
 
 def latest(directory: str) -> str | None:
     """The prefix of the newest complete checkpoint in `directory`, or None."""
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         return None
     return tf.train.latest_checkpoint(directory)
 
@@ -63,7 +63,7 @@ class CheckpointSaver(Callback):
             self._written = checkpoint_lib.write_directory(
                 self.directory, model.distribute_strategy
             )
-            os.makedirs(self._written, exist_ok=True)
+            tf.io.gfile.makedirs(self._written)
             checkpoint = tf.train.Checkpoint(**checkpoint_lib.checkpoint_items(model))
             self._manager = tf.train.CheckpointManager(
                 checkpoint, self._written, max_to_keep=self.max_to_keep, checkpoint_name="ckpt"
@@ -104,29 +104,31 @@ class CheckpointSaver(Callback):
 
 
 def write_done_marker(model_dir: str, info: dict[str, Any], strategy: Any) -> None:
+    """Writes the marker atomically (chief only), through tf.io.gfile (gs:// too)."""
     if not distribute.is_chief(strategy):
         return
     path = os.path.join(model_dir, DONE_MARKER)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(info, indent=2))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_done_marker(model_dir: str) -> dict[str, Any] | None:
     path = os.path.join(model_dir, DONE_MARKER)
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, NotADirectoryError):  # no marker (or no model_dir) yet
-        return None
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError):
+        return None  # no marker (or no model_dir) yet
+    try:
+        return json.loads(text)
     except ValueError:
         return {}
 
 
 def remove_done_marker(model_dir: str, strategy: Any) -> None:
     if distribute.is_chief(strategy):
-        try:
-            os.remove(os.path.join(model_dir, DONE_MARKER))
-        except FileNotFoundError:
-            pass
+        path = os.path.join(model_dir, DONE_MARKER)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)

@@ -189,3 +189,23 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, config_dict.FieldReference):
         return to_dict(config.get())
     return config
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"train.learning_rate": 0.001, ...}`: every leaf of the config under its dotted key.
+
+    One flat namespace is what `--print_config` prints and what TensorBoard's HParams
+    tab compares runs on; the dotted keys are the ones `--config.<key>=` overrides.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (to_dict(config) if prefix == "" else config).items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def format_config(config: Any) -> str:
+    """The resolved config as `section.key = value` lines (Python literals), one per key."""
+    return "\n".join(f"{key} = {value!r}" for key, value in flatten(config).items())

@@ -5,7 +5,8 @@
     config.json           the resolved config (train modes, chief only)
     backup/               BackupAndRestore (a rerun of the same command resumes)
     checkpoints/          ckpt-<step>, every epoch or every N steps, and at the end
-    logs/                 TensorBoard (train/, validation/, and eval/ for continuous_evaluate)
+    logs/                 TensorBoard: HParams, train/, validation/, eval/ (the test split),
+                          all at the optimizer step (see tfk_trainer.train.logs)
     export/               the SavedModel (serving_default)
     summary.json          train modes: history, test results, times, steps
     eval_results.json     evaluate: the latest checkpoint's test results
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,8 +33,10 @@ from absl import logging
 import tfk_trainer as tfk
 from tfk_trainer import paths as paths_lib
 from tfk_trainer import registry
+from tfk_trainer.export import move_tree
 from tfk_trainer.train import checkpoints as ckpt_lib
 from tfk_trainer.train import data as data_lib
+from tfk_trainer.train import logs as logs_lib
 from tfk_trainer.train import summary as summary_lib
 from tfk_trainer.train.config import TRAIN_MODES, to_dict
 from tfk_trainer.train.validation import ConfigError
@@ -101,9 +103,9 @@ def _training_part(config: Any) -> dict[str, Any]:
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with tf.io.gfile.GFile(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, tf.errors.OpError):
         return None
 
 
@@ -301,19 +303,24 @@ def _restore(
 
 
 def export_model(model: tfk.Model, paths: Paths, strategy: Any) -> str:
-    """Writes the SavedModel to model_dir/export, replacing an older one."""
+    """Writes the SavedModel to model_dir/export, replacing an older one.
+
+    Staged next to it and swapped in with `tf.io.gfile` renames (any file system), so
+    a reader sees the old export or the new one, and the directories get the
+    permissions the umask gives (a serving process may run as another user).
+    """
     final = paths.export
     staging = os.path.join(paths.model_dir, f".export-staging-{os.getpid()}")
     model.export(staging, verbose=False)  # the binary logs the final path itself
     if not tfk.distribute.is_chief(strategy):
         return final
     old = None
-    if os.path.exists(final):
+    if tf.io.gfile.exists(final):
         old = os.path.join(paths.model_dir, f".export-old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staging, final)
+        move_tree(final, old)
+    move_tree(staging, final)
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        tf.io.gfile.rmtree(old)
     return final
 
 
@@ -405,7 +412,9 @@ def _train_callbacks(
         saver,
         tfk.callbacks.LambdaCallback(on_train_begin=lambda logs: _announce_resume(model)),
         tfk.callbacks.TensorBoard(
-            paths.logs, update_freq=config.train.tensorboard_every_steps or "epoch"
+            paths.logs,
+            update_freq=config.train.tensorboard_every_steps or "epoch",
+            epoch_axis="step",  # one x axis with batch scalars and the eval/ run
         ),
     ]
     if config.train.early_stopping_patience:
@@ -453,19 +462,29 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
         initial_step = int(model.optimizer.iterations.numpy())
         previous = _read_json(paths.summary) or {}
         history = previous.get("history") or {}
-        train_seconds = float(previous.get("train_seconds") or 0.0)
+        train_seconds = 0.0  # this run trained nothing
+        original_train_seconds = previous.get(
+            "original_train_seconds", previous.get("train_seconds")
+        )
     else:
+        if chief:
+            logs_lib.write_hparams(paths.logs, config)
         fit_kwargs, has_validation = _fit_arguments(config, splits)
         fit_kwargs["callbacks"] = _train_callbacks(config, paths, model, saver, has_validation)
         fit_started = time.perf_counter()
         history = model.fit(**fit_kwargs).history
         train_seconds = time.perf_counter() - fit_started
+        original_train_seconds = train_seconds
         initial_step = saver.initial_step
     checkpoint = saver.save()
     saver.close()
     export_dir = export_model(model, paths, strategy)
     test = evaluate_test(model, config, splits) if mode == "train_and_evaluate" else None
     global_step = int(model.optimizer.iterations.numpy())
+    if test is not None and chief and not already_done:
+        writer = logs_lib.evaluation_writer(paths.logs)
+        logs_lib.write_evaluation(writer, test, global_step)
+        writer.close()
     summary = _base_summary(config, mode, model_dir, strategy)
     summary.update(
         {
@@ -481,7 +500,8 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
             "test": test,
             "test_accuracy": summary_lib.accuracy_of(test) if test else None,
             "min_accuracy": config.eval.min_accuracy,
-            "train_seconds": train_seconds,
+            "train_seconds": train_seconds,  # this run's fit (0 when already complete)
+            "original_train_seconds": original_train_seconds,  # the run that trained
             "wall_seconds": time.perf_counter() - started,
             "checkpoint": checkpoint,
             "export_dir": export_dir,
@@ -548,7 +568,7 @@ def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
     paths = Paths(model_dir)
     strategy, splits, model = _built_model(config)
     chief = tfk.distribute.is_chief(strategy)
-    writer = tf.summary.create_file_writer(os.path.join(paths.logs, "eval")) if chief else None
+    writer = logs_lib.evaluation_writer(paths.logs) if chief else None
     timeout, poll = config.eval.continuous_timeout, config.eval.poll_interval
     last_path, last_results, evaluated = None, None, 0
     waiting_since = time.monotonic()
@@ -570,10 +590,7 @@ def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
                 os.makedirs(model_dir, exist_ok=True)
                 with open(paths.eval_stream, "a") as f:
                     f.write(json.dumps(summary_lib.to_jsonable(record)) + "\n")
-                with writer.as_default(step=step or 0):
-                    for name, value in results.items():
-                        tf.summary.scalar(f"eval_{name}", value)
-                writer.flush()
+                logs_lib.write_evaluation(writer, results, step or 0)
             print(f"evaluated {os.path.basename(path)}: {results}", flush=True)
             last_path, last_results, evaluated = path, results, evaluated + 1
             waiting_since = time.monotonic()
@@ -613,7 +630,8 @@ def predict(config: Any, model_dir: str, started: float) -> int:
     predictions = model.predict(**inputs, verbose=0)
     if tfk.distribute.is_chief(strategy):
         os.makedirs(model_dir, exist_ok=True)
-        np.save(paths.predictions, np.asarray(predictions))
+        with tf.io.gfile.GFile(paths.predictions, "wb") as f:
+            np.save(f, np.asarray(predictions))
     summary = _base_summary(config, "predict", model_dir, strategy)
     summary.update(
         {

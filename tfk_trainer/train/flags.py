@@ -1,8 +1,9 @@
 """The command-line flags of `tfk-train`, and how they override the config.
 
 `--config=path/to/file.py` names an ml_collections config file (executed to
-get its `get_config()`; only that path is read), and `--config.a.b=value`
-overrides one key. ml_collections parses override values literally by the
+get its `get_config()`; only that path is read), `--config=<name>` (no
+directory, `.py` optional) a config shipped in `tfk_trainer/configs` when no
+such file exists, and `--config.a.b=value` overrides one key. ml_collections parses override values literally by the
 key's type: nothing on the command line is ever evaluated as code.
 
 Flags that duplicate a config key (`--strategy`, `--tpu`, `--seed`,
@@ -12,6 +13,7 @@ override it when given on the command line; otherwise the config decides.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -19,6 +21,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from tfk_trainer import configs as shipped_configs
 from tfk_trainer import distribute
 from tfk_trainer.train import config as config_lib
 
@@ -37,7 +40,8 @@ FLAG_TO_CONFIG = {
 CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Path to an ml_collections config file defining get_config(); override keys with "
+    "Path to an ml_collections config file defining get_config(), or the name of a shipped "
+    f"config ({', '.join(shipped_configs.names())}); override keys with "
     "--config.section.key=value (e.g. --config.train.epochs=3).",
     lock_config=True,
 )
@@ -83,9 +87,21 @@ flags.DEFINE_float(
     "(eval.continuous_timeout).",
     lower_bound=0.0,
 )
-flags.mark_flags_as_required(["config", "model_dir"])
+flags.DEFINE_boolean(
+    "print_config",
+    False,
+    "Print the resolved config (every key as section.key = value, after the overrides "
+    "and the checks) and exit 0 without training; --model_dir is then not needed.",
+)
+flags.mark_flags_as_required(["config"])
+flags.register_multi_flags_validator(
+    ["model_dir", "print_config"],
+    lambda values: values["print_config"] or values["model_dir"] is not None,
+    message="flag --model_dir must have a value other than None (only --print_config "
+    "runs without it).",
+)
 
-NAMES = ("config", "model_dir", "mode", *FLAG_TO_CONFIG)
+NAMES = ("config", "model_dir", "mode", "print_config", *FLAG_TO_CONFIG)
 
 
 def show_in_help() -> None:
@@ -144,8 +160,40 @@ def _explain_override(argv: list[str], config: Any) -> str | None:
     return None
 
 
+def _shipped_config_path(value: str) -> str:
+    """`value` itself when it is a file (or has a directory part), else the file of the
+    shipped config it names; ValueError listing the shipped names when there is none.
+
+    A `path:argument` value (ml_collections passes the argument to get_config) keeps
+    its argument.
+    """
+    name, colon, argument = value.partition(":")
+    if not name or os.path.exists(name) or os.sep in name or "/" in name or "://" in name:
+        return value
+    return shipped_configs.path(name) + colon + argument
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+    """argv with a `--config=<name>` of a shipped config replaced by its file's path."""
+    out = list(argv)
+    for i, arg in enumerate(out[1:], start=1):
+        if arg == "--":
+            break
+        for prefix in ("--config=", "-config="):
+            if arg.startswith(prefix):
+                out[i] = prefix + _shipped_config_path(arg[len(prefix) :])
+        if arg in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = _shipped_config_path(out[i + 1])
+    return out
+
+
 def parse(argv: list[str]) -> list[str]:
     """absl's flag parsing, with clear messages for bad overrides (exit status 2)."""
+    try:
+        argv = resolve_config_names(argv)
+    except ValueError as e:
+        _fail(str(e))
+    sys.argv = argv  # ml_collections reads the config's overrides from sys.argv
     try:
         remaining = FLAGS(argv)
     except flags.Error as e:

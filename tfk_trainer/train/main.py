@@ -2,6 +2,7 @@
 
     tfk-train --config=configs/fashion_mnist_mlp.py --model_dir=/tmp/run \
         [--mode=train_and_evaluate] [--config.train.epochs=3] [--strategy=mirrored]
+    tfk-train --config=fashion_mnist_mlp --print_config   # the resolved config, no run
 
 Exit status: 0 success; 1 test accuracy below eval.min_accuracy (or
 continuous_evaluate timed out); 2 bad flags or config (nothing ran); 143
@@ -19,6 +20,7 @@ from absl import app, logging
 
 from tfk_trainer.train import experiment
 from tfk_trainer.train import flags as flags_lib
+from tfk_trainer.train.config import format_config
 from tfk_trainer.train.validation import ConfigError, resolve
 
 FLAGS = flags_lib.FLAGS
@@ -32,14 +34,17 @@ def main(argv: list[str]) -> int:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's INFO lines (saver details) are noise here
         tf.get_logger().setLevel("WARNING")
-    mode, model_dir = FLAGS.mode, os.path.expanduser(FLAGS.model_dir)
+    mode, model_dir = FLAGS.mode, os.path.expanduser(FLAGS.model_dir or "")
     try:
-        if not model_dir:
+        if not model_dir and not FLAGS.print_config:
             raise ConfigError(["--model_dir must not be empty."])
         applied = flags_lib.apply_overrides(flags_lib.CONFIG.value)
         for key, value in applied.items():
             print(f"flag overrides config: {key} = {value!r}")
         config = resolve(flags_lib.CONFIG.value)
+        if FLAGS.print_config:  # nothing else runs: no model_dir is read or written
+            print(format_config(config), flush=True)
+            return experiment.EXIT_OK
         experiment.precheck(config, model_dir, mode)
         return experiment.run(mode, config, model_dir, started)
     except ConfigError as e:

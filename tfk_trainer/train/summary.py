@@ -28,15 +28,17 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str, data: Any, strategy: Any = None) -> None:
-    """Writes `data` as JSON atomically (chief only)."""
+    """Writes `data` as JSON atomically (chief only), through tf.io.gfile (gs:// too);
+    the file gets the permissions the umask gives."""
     if not distribute.is_chief(strategy):
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(to_jsonable(data), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(to_jsonable(data), indent=2) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def accuracy_of(results: dict[str, Any]) -> float | None:
@@ -75,7 +77,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  last epoch:  {_format_metrics(summary['final_train'])}")
     if summary.get("test"):
         lines.append(f"  test:        {_format_metrics(summary['test'])}")
-    if "train_seconds" in summary:
+    if summary.get("already_complete"):
+        # Nothing was trained now: this run's time, and the stored one of the run that
+        # trained, labelled apart (never "wall time 13s (fit 35s)").
+        line = f"  wall time {summary['wall_seconds']:.1f}s (this run: no training, already complete)"
+        original = summary.get("original_train_seconds")
+        if original is not None:
+            line += f"; original training fit {original:.1f}s"
+        lines.append(line)
+    elif "train_seconds" in summary:
         lines.append(
             f"  wall time {summary['wall_seconds']:.1f}s (fit {summary['train_seconds']:.1f}s)"
         )

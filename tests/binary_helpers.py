@@ -4,6 +4,7 @@ where it is, the environment it runs in, and how a config file is written."""
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -25,3 +26,17 @@ def write_config(path: Path, body: str, header: str = "") -> Path:
     text += textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n    return config\n"
     path.write_text(text)
     return path
+
+
+# What only a run that got past the flag and config checks writes into model_dir.
+RUN_OUTPUTS = ("checkpoints", "backup", "logs", "export", "config.json", "summary.json")
+
+
+def assert_failed_before_running(model_dir: Path, output: str) -> None:
+    """A bad flag or config was reported before anything ran: no training line was
+    printed and nothing a run writes exists under `model_dir`. (This is what "fails
+    fast" means here; the tests assert it structurally, never as a wall-clock bound.)"""
+    trained = re.search(r"^Epoch \d+/|^\s*\d+/\d+ - .*/step|tfk-train summary", output, re.M)
+    assert not trained, output[-4000:]
+    written = [p for name in RUN_OUTPUTS for p in model_dir.rglob(name)] if model_dir.exists() else []
+    assert not written, f"written before the error: {written}"

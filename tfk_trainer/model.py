@@ -373,7 +373,7 @@ class Model(ModelSurface, tf.Module):
         """The static-shape mode for a new adapter, or None for dynamic shapes."""
         on = self.static_shapes
         if on is None:
-            on = execution._is_tpu_strategy(self.distribute_strategy)
+            on = distribute.is_tpu(self.distribute_strategy)
         if not on:
             return None
         return self.static_remainder if training else "pad"
@@ -382,7 +382,7 @@ class Model(ModelSurface, tf.Module):
         """Across workers, reading logs is a collective that every worker must join
         together, so the bar cannot refresh on each worker's own clock: one line
         per epoch instead."""
-        if verbose == 1 and execution._is_multi_worker(self.distribute_strategy):
+        if verbose == 1 and distribute.is_multi_worker(self.distribute_strategy):
             return 2
         return verbose
 
@@ -394,7 +394,7 @@ class Model(ModelSurface, tf.Module):
         except tf.errors.OpError as e:
             clear = (
                 peer_unavailable(e)
-                if execution._is_multi_worker(self.distribute_strategy)
+                if distribute.is_multi_worker(self.distribute_strategy)
                 else None
             )
             if clear is None:
@@ -402,7 +402,7 @@ class Model(ModelSurface, tf.Module):
             raise clear from e
 
     def _check_static_batch(self, adapter: Any) -> None:
-        replicas = self.distribute_strategy.num_replicas_in_sync
+        replicas = distribute.num_replicas(self.distribute_strategy)
         size = adapter.batch_size
         if size is not None and size % replicas:
             raise ValueError(
@@ -1324,7 +1324,7 @@ class Model(ModelSurface, tf.Module):
         """
         verbose = resolve_verbose(verbose)
         static = self._static_mode(training=False)
-        if execution._is_multi_worker(self.distribute_strategy):
+        if distribute.is_multi_worker(self.distribute_strategy):
             # Outputs are all-gathered across workers; padded batches give every
             # replica the same shape, which the collective needs.
             static = "pad"
@@ -1388,7 +1388,7 @@ class Model(ModelSurface, tf.Module):
 
     def _single_batch_is_exact(self) -> bool:
         """One worker reads the one batch for sure; across workers a shard may be empty."""
-        return not execution._is_multi_worker(self.distribute_strategy)
+        return not distribute.is_multi_worker(self.distribute_strategy)
 
     def _run_single(self, function, adapter) -> Any:
         dataset = adapter.get_dataset()

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import distribute
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.adapters import DataAdapter
-from tfk_trainer.engine.execution import XlaFallback, _is_multi_worker
+from tfk_trainer.engine.execution import XlaFallback
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
 log = logging.getLogger("tfk_trainer")
@@ -73,7 +74,7 @@ class Iterators:
         self._plan = plan
         self._first_epoch = first_epoch
         self._persistent = None
-        multi_worker = _is_multi_worker(strategy)
+        multi_worker = distribute.is_multi_worker(strategy)
         if multi_worker and hasattr(plan.adapter, "relax_all_dims"):
             plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
         # Exact executions read without an end-of-data check. Across workers each

@@ -350,7 +350,7 @@ def _base_summary(config: Any, mode: str, model_dir: str, strategy: Any) -> dict
         "data": config.data.name,
         "model_dir": os.path.abspath(model_dir),
         "strategy": config.runtime.strategy,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": tfk.distribute.num_replicas(strategy),
         "mixed_precision": config.runtime.mixed_precision,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,

@@ -109,16 +109,15 @@ class BackupAndRestore(Callback):
         latest = tf.train.latest_checkpoint(self.backup_dir)
         if latest:
             checkpoint_lib.prepare_for_restore(model)
-            try:
-                status = checkpoint.read(latest)
-                status.assert_existing_objects_matched()
-            except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-                raise ValueError(
-                    f"The backup in {self.backup_dir!r} was written by a different model or "
-                    f"configuration and cannot be restored: {str(e).splitlines()[0][:400]}. "
-                    "Use another `backup_dir`, or delete this one to start over."
-                ) from None
-            status.expect_partial()
+            checkpoint_lib.read(
+                checkpoint,
+                latest,
+                subject=f"The backup in {self.backup_dir!r}",
+                mismatch=(
+                    "was written by a different model or configuration and cannot be restored"
+                ),
+                advice=". Use another `backup_dir`, or delete this one to start over.",
+            )
             p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
             model._resume_from = Position(
                 epoch=p["epoch"],

@@ -42,6 +42,7 @@ import numpy as np
 from tfk_trainer import paths
 from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
+from tfk_trainer.engine.checks import check_int
 
 # -- argument checks ---------------------------------------------------------
 
@@ -50,18 +51,6 @@ def _check_str(value: Any, name: str, owner: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{owner}: `{name}` must be a non-empty string; received {name}={value!r}.")
     return value
-
-
-def _check_int(value: Any, name: str, owner: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{owner}: `{name}` must be an int >= {minimum}; received {name}={value!r}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{owner}: `{name}` must be an int >= {minimum}; received {name}={value!r}."
-        )
-    return int(value)
 
 
 def _check_real(value: Any, name: str, owner: str, *, allow_none: bool = False) -> Any:
@@ -217,11 +206,11 @@ class EarlyStopping(_MonitorCallback):
     ) -> None:
         owner = "EarlyStopping"
         super().__init__(monitor, mode, min_delta, owner)
-        self.patience = _check_int(patience, "patience", owner)
+        self.patience = check_int(patience, "patience", owner=owner)
         self.verbose = _check_verbose(verbose, owner)
         self.baseline = _check_real(baseline, "baseline", owner, allow_none=True)
         self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = _check_int(start_from_epoch, "start_from_epoch", owner)
+        self.start_from_epoch = check_int(start_from_epoch, "start_from_epoch", owner=owner)
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights = None
@@ -322,9 +311,9 @@ class ReduceLROnPlateau(_MonitorCallback):
                 f"multiplied by it. Received factor={factor!r}."
             )
         self.factor = factor
-        self.patience = _check_int(patience, "patience", owner)
+        self.patience = check_int(patience, "patience", owner=owner)
         self.verbose = _check_verbose(verbose, owner)
-        self.cooldown = _check_int(cooldown, "cooldown", owner)
+        self.cooldown = check_int(cooldown, "cooldown", owner=owner)
         min_lr = _check_real(min_lr, "min_lr", owner)
         if min_lr < 0:
             raise ValueError(f"{owner}: `min_lr` must be >= 0; received min_lr={min_lr!r}.")

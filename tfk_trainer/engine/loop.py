@@ -403,7 +403,7 @@ class Driver:
                 model.stop_training = True
                 break
             epoch_logs = model._materialized_logs()
-            if validation is not None and _should_validate(epoch, validation_freq):
+            if validation is not None and should_validate(epoch, validation_freq):
                 val_logs = validation()
                 epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             epoch_logs = dict(sorted(epoch_logs.items()))
@@ -440,10 +440,17 @@ def drop_padding(outputs_and_valid: tuple) -> Any:
     return tf.nest.map_structure(lambda a: a[valid], outputs)
 
 
-def _should_validate(epoch: int, validation_freq: Any) -> bool:
+def should_validate(epoch: int, validation_freq: Any) -> bool:
+    """Whether the 0-based `epoch` validates: every `validation_freq` epochs (an
+    int), or the 1-indexed epochs listed (Keras's rule)."""
     if isinstance(validation_freq, int):
         return (epoch + 1) % validation_freq == 0
     return (epoch + 1) in validation_freq
+
+
+def validation_count(initial_epoch: int, epochs: int, validation_freq: Any) -> int:
+    """How many times a `fit` over `range(initial_epoch, epochs)` validates."""
+    return sum(1 for e in range(initial_epoch, epochs) if should_validate(e, validation_freq))
 
 
 def check_validation_freq(validation_freq: Any) -> Any:

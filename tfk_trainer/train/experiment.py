@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 import tfk_trainer as tfk
+from tfk_trainer import compile as compile_lib
 from tfk_trainer import paths as paths_lib
 from tfk_trainer import registry
 from tfk_trainer.train import checkpoints as ckpt_lib
@@ -42,17 +43,6 @@ from tfk_trainer.train.validation import ConfigError
 EXIT_OK = 0
 EXIT_BELOW_BAR = 1  # test accuracy below eval.min_accuracy, or continuous_evaluate timed out
 EXIT_USAGE = 2
-
-_OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-    "adagrad": keras.optimizers.Adagrad,
-    "nadam": keras.optimizers.Nadam,
-    "adamax": keras.optimizers.Adamax,
-    "lion": keras.optimizers.Lion,
-}
 
 
 @dataclass
@@ -214,7 +204,7 @@ def make_optimizer(config: Any, steps_per_epoch: int | None) -> keras.optimizers
         kwargs["weight_decay"] = train.weight_decay
     if train.clipnorm:
         kwargs["global_clipnorm"] = train.clipnorm
-    return _OPTIMIZERS[train.optimizer](**kwargs)
+    return compile_lib.OPTIMIZERS[train.optimizer](**kwargs)
 
 
 def build_model(

@@ -75,6 +75,8 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
     if isinstance(optimizer, str):
+        if optimizer.lower() in OPTIMIZERS:  # "lamb" too, which keras.optimizers.get misses
+            return OPTIMIZERS[optimizer.lower()]()
         try:
             return keras.optimizers.get(optimizer)
         except ValueError:

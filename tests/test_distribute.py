@@ -52,6 +52,43 @@ def test_is_chief_without_a_cluster():
     assert not tfk.distribute.is_multi_worker()
 
 
+def test_strategy_predicates(mirrored_strategy):
+    d = tfk.distribute
+    default = tf.distribute.get_strategy()
+    assert (d.num_replicas(default), d.is_multi_replica(default), d.is_tpu(default)) == (
+        1,
+        False,
+        False,
+    )
+    assert d.replica_devices(default) == () and d.cpu_replicas(default)
+    two = mirrored_strategy(2)
+    assert (d.num_replicas(two), d.is_multi_replica(two), d.is_multi_worker(two)) == (
+        2,
+        True,
+        False,
+    )
+    assert len(d.replica_devices(two)) == 2 and d.cpu_replicas(two)
+    with two.scope():  # `None`: the strategy in scope
+        assert d.num_replicas() == 2 and d.is_chief()
+
+
+def test_only_distribute_inspects_strategies():
+    """One rule per fact: every other module asks `tfk_trainer.distribute`."""
+    import pathlib
+
+    package = pathlib.Path(tfk.__file__).parent
+    owners = {"distribute.py", "compat.py"}
+    markers = ('"TPUStrategy', "_in_multi_worker_mode", "worker_devices", "cluster_resolver")
+    offenders = [
+        f"{path.relative_to(package)}: {marker}"
+        for path in package.rglob("*.py")
+        if path.name not in owners
+        for marker in markers
+        if marker in path.read_text()
+    ]
+    assert offenders == []
+
+
 def _net(seed=3):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(

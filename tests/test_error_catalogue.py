@@ -343,9 +343,9 @@ CASES: list[Case] = [
     # -- fit: arguments ----------------------------------------------------------------
     Case("fit-before-compile", lambda t: _fit(X, Y, model=_model(compile=False)), RuntimeError, r"call `compile\(\)` before `fit\(\)`"),
     Case("fit-unknown-keyword", lambda t: _fit(X, Y, bogus_arg=1), TypeError, r"bogus_arg"),
-    Case("fit-epochs-negative", lambda t: _fit(X, Y, epochs=-1), ValueError, r"`epochs` must be >= 0; received -1"),
-    Case("fit-epochs-float", lambda t: _fit(X, Y, epochs=1.5), TypeError, r"`epochs` must be an int; received 1\.5"),
-    Case("fit-initial-epoch-negative", lambda t: _fit(X, Y, initial_epoch=-1), ValueError, r"`initial_epoch` must be >= 0"),
+    Case("fit-epochs-negative", lambda t: _fit(X, Y, epochs=-1), ValueError, r"`epochs` must be an int >= 0; received epochs=-1"),
+    Case("fit-epochs-float", lambda t: _fit(X, Y, epochs=1.5), TypeError, r"`epochs` must be an int >= 0; received epochs=1\.5"),
+    Case("fit-initial-epoch-negative", lambda t: _fit(X, Y, initial_epoch=-1), ValueError, r"`initial_epoch` must be an int >= 0"),
     Case("fit-batch-size-zero", lambda t: _fit(X, Y, batch_size=0), ValueError, r"`batch_size` must be a positive int or None; received 0"),
     Case("fit-batch-size-string", lambda t: _fit(X, Y, batch_size="32"), TypeError, r"`batch_size` must be a positive int or None; received '32'"),
     Case("fit-steps-per-epoch-zero", lambda t: _fit(X, Y, steps_per_epoch=0), ValueError, r"`steps_per_epoch` must be a positive int, -1 or None; received 0"),

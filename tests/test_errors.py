@@ -217,6 +217,25 @@ def test_unknown_optimizer_suggests_adam():
         _model(optimizer="adamm")
 
 
+def test_every_optimizer_the_catalogue_names_compiles():
+    """One catalogue: the names compile()'s error offers, and the binary's choices."""
+    from tfk_trainer import compile as compile_lib
+    from tfk_trainer.train import config
+
+    assert set(config.OPTIMIZERS) <= set(compile_lib.OPTIMIZERS)
+    for name, cls in compile_lib.OPTIMIZERS.items():
+        model = _model(optimizer=name.upper() if name == "lamb" else name)
+        assert type(model.optimizer) is cls, name
+
+
+def test_int_arguments_name_what_is_accepted():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"`epochs` must be an int >= 0; received epochs=True"):
+        _model().fit(x, y, epochs=True, verbose=0)
+    with pytest.raises(ValueError, match=r"^EarlyStopping: `patience` must be an int >= 0"):
+        tfk.callbacks.EarlyStopping(patience=-2)
+
+
 def test_unknown_loss_string():
     with pytest.raises(ValueError, match=r"(?s)Unknown loss 'mean_squared_eror'.*`loss`"):
         _model(loss="mean_squared_eror")

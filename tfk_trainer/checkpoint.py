@@ -111,16 +111,40 @@ def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
         )
     prepare_for_restore(model)
     checkpoint = tf.train.Checkpoint(**checkpoint_items(model, include_optimizer=include_optimizer))
+    read(checkpoint, path, subject=f"The checkpoint {path!r}")
+
+
+def read(
+    checkpoint: tf.train.Checkpoint,
+    path: str,
+    *,
+    subject: str,
+    mismatch: str = "does not match this model",
+    advice: str = "",
+) -> None:
+    """Restores `path` into `checkpoint`, every object it saved matched, or fails
+    with a `ValueError` and restores nothing that could be half-read silently.
+
+    One rule for every restore (`load_checkpoint`, `BackupAndRestore`): a
+    checkpoint of another model (other shapes, missing variables) and one that
+    cannot be read (corrupt, truncated) are `ValueError`s that begin with
+    `subject` and end with `advice`; the files on disk are left as they are.
+
+    Args:
+        checkpoint: The `tf.train.Checkpoint` of the objects to restore.
+        path: The checkpoint prefix.
+        subject: What the message calls the checkpoint, e.g. "The checkpoint 'x'".
+        mismatch: What the message says of a checkpoint of another model.
+        advice: A sentence (with its leading ". ") telling what to do.
+    """
     try:
         status = checkpoint.read(path)
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-        raise ValueError(
-            f"The checkpoint {path!r} does not match this model: {str(e).splitlines()[0][:500]}"
-        ) from None
+        raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:500]}{advice}") from None
     except tf.errors.OpError as e:
         raise ValueError(
-            f"The checkpoint {path!r} cannot be read (corrupt or truncated): "
-            f"{str(e).splitlines()[0][:300]}"
+            f"{subject} cannot be read (corrupt or truncated): "
+            f"{str(e).splitlines()[0][:300]}{advice}"
         ) from None
     status.expect_partial()

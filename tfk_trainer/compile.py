@@ -19,26 +19,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer.engine import step as step_lib
+
 _ACCURACY = ("accuracy", "acc")
 _CROSSENTROPY = ("crossentropy", "ce")
 
-
-def _same_rank(x1: tf.Tensor, x2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Keras's rule: squeeze or expand a trailing 1 when ranks differ by one."""
-    r1, r2 = x1.shape.rank, x2.shape.rank
-    if r1 is None or r2 is None or r1 == r2:
-        return x1, x2
-    if r1 == r2 + 1 and x1.shape[-1] == 1:
-        if r2 == 1:
-            x2 = tf.expand_dims(x2, -1)
-        else:
-            x1 = tf.squeeze(x1, -1)
-    elif r2 == r1 + 1 and x2.shape[-1] == 1:
-        if r1 == 1:
-            x1 = tf.expand_dims(x1, -1)
-        else:
-            x2 = tf.squeeze(x2, -1)
-    return x1, x2
+# The optimizers known by name (what `keras.optimizers.get` resolves, lower-case),
+# with their classes: `compile()` names them in its error for an unknown name,
+# and the training binary builds its optimizer from them.
+OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
+    "adadelta": keras.optimizers.Adadelta,
+    "adafactor": keras.optimizers.Adafactor,
+    "adagrad": keras.optimizers.Adagrad,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "adamax": keras.optimizers.Adamax,
+    "ftrl": keras.optimizers.Ftrl,
+    "lamb": keras.optimizers.Lamb,
+    "lion": keras.optimizers.Lion,
+    "nadam": keras.optimizers.Nadam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": keras.optimizers.SGD,
+}
 
 
 class FunctionLoss(keras.losses.Loss):
@@ -49,7 +51,9 @@ class FunctionLoss(keras.losses.Loss):
         self.fn = fn
 
     def call(self, y_true, y_pred):
-        y_true, y_pred = _same_rank(tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred))
+        y_true, y_pred = step_lib.same_rank(
+            tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
+        )
         return self.fn(y_true, y_pred)
 
 
@@ -71,23 +75,12 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
     if isinstance(optimizer, str):
+        if optimizer.lower() in OPTIMIZERS:  # "lamb" too, which keras.optimizers.get misses
+            return OPTIMIZERS[optimizer.lower()]()
         try:
             return keras.optimizers.get(optimizer)
         except ValueError:
-            names = [
-                "adadelta",
-                "adafactor",
-                "adagrad",
-                "adam",
-                "adamw",
-                "adamax",
-                "ftrl",
-                "lamb",
-                "lion",
-                "nadam",
-                "rmsprop",
-                "sgd",
-            ]
+            names = sorted(OPTIMIZERS)
             close = difflib.get_close_matches(optimizer.lower(), names, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
@@ -149,6 +142,21 @@ def resolve_loss(identifier: Any, y_true_shape, y_pred_shape) -> keras.losses.Lo
     )
 
 
+# 'accuracy'/'acc' and 'crossentropy'/'ce' by the kind `_kind_from_shapes` reads.
+_SHAPE_RESOLVED_METRICS = {
+    "accuracy": {
+        "binary": keras.metrics.BinaryAccuracy,
+        "sparse": keras.metrics.SparseCategoricalAccuracy,
+        "categorical": keras.metrics.CategoricalAccuracy,
+    },
+    "crossentropy": {
+        "binary": keras.metrics.BinaryCrossentropy,
+        "sparse": keras.metrics.SparseCategoricalCrossentropy,
+        "categorical": keras.metrics.CategoricalCrossentropy,
+    },
+}
+
+
 def resolve_metric(
     identifier: Any, y_true_shape, y_pred_shape, argument: str
 ) -> keras.metrics.Metric:
@@ -159,22 +167,10 @@ def resolve_metric(
         return identifier
     if isinstance(identifier, str):
         lowered = identifier.lower()
-        if lowered in _ACCURACY:
+        family = "accuracy" if lowered in _ACCURACY else "crossentropy"
+        if lowered in _ACCURACY + _CROSSENTROPY:
             kind = _kind_from_shapes(y_true_shape, y_pred_shape)
-            cls = {
-                "binary": keras.metrics.BinaryAccuracy,
-                "sparse": keras.metrics.SparseCategoricalAccuracy,
-                "categorical": keras.metrics.CategoricalAccuracy,
-            }[kind]
-            return cls(name=identifier)
-        if lowered in _CROSSENTROPY:
-            kind = _kind_from_shapes(y_true_shape, y_pred_shape)
-            cls = {
-                "binary": keras.metrics.BinaryCrossentropy,
-                "sparse": keras.metrics.SparseCategoricalCrossentropy,
-                "categorical": keras.metrics.CategoricalCrossentropy,
-            }[kind]
-            return cls(name=identifier)
+            return _SHAPE_RESOLVED_METRICS[family][kind](name=identifier)
         obj = _resolve_named(identifier, "metrics", keras.metrics.get, keras.metrics, argument)
         if isinstance(obj, keras.metrics.Metric):
             obj.name = identifier

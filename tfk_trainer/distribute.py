@@ -193,13 +193,23 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+# -- predicates: the one place that says what a strategy is ----------------------
+#
+# Every module asks these instead of inspecting a strategy itself, so that one
+# fact (is this TPU? several workers? CPU replicas?) has one rule.
+
+
+def _in_scope(strategy: tf.distribute.Strategy | None) -> tf.distribute.Strategy:
+    return strategy or tf.distribute.get_strategy()
+
+
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True on the one worker that writes checkpoints, logs and exports.
 
     Args:
         strategy: The strategy to ask; `None`: the one in scope.
     """
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = _in_scope(strategy)
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
         return True
@@ -213,8 +223,64 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
 def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True under a strategy that spans several workers (hosts).
 
+    Then reading logs, saving and predicting are collectives every worker must
+    join, and each worker reads its own shard of the data, so shards may hold
+    different numbers of batches. A `MultiWorkerMirroredStrategy` running as a
+    single worker (no TF_CONFIG) is not multi-worker: it runs like
+    `MirroredStrategy` on that host.
+
     Args:
         strategy: The strategy to ask; `None`: the one in scope.
     """
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = _in_scope(strategy)
+    # compat: TF answers this in a private method of the strategy's extended object.
     return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+
+
+def is_tpu(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True under a TPU strategy (`TPUStrategy`, and TF's experimental one).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    return type(_in_scope(strategy)).__name__.startswith("TPUStrategy")
+
+
+def num_replicas(strategy: tf.distribute.Strategy | None = None) -> int:
+    """How many replicas run each step in sync (over all workers).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    return int(_in_scope(strategy).num_replicas_in_sync)
+
+
+def is_multi_replica(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True when a step runs on more than one replica, here or across workers.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    return num_replicas(strategy) > 1 or is_multi_worker(strategy)
+
+
+def replica_devices(strategy: tf.distribute.Strategy | None = None) -> tuple[str, ...]:
+    """The devices this worker's replicas run on; `()` for the default strategy.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    try:
+        return tuple(_in_scope(strategy).extended.worker_devices)
+    except (RuntimeError, AttributeError):  # the default strategy has none
+        return ()
+
+
+def cpu_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True when every replica of this worker runs on a CPU device (also when the
+    strategy names no device, as the default strategy does).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    return all("CPU" in d.upper() for d in replica_devices(strategy))

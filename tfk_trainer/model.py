@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfk_trainer import compile as compile_lib
 from tfk_trainer import distribute
-from tfk_trainer.callbacks.base import CallbackList
+from tfk_trainer.callbacks.base import CallbackList, to_python
 from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
@@ -38,6 +38,7 @@ from tfk_trainer.engine.loop import (
     check_validation_freq,
     drop_padding,
     peer_unavailable,
+    validation_count,
 )
 from tfk_trainer.engine.tuning import ExecutionLengths
 from tfk_trainer.model_surface import ModelSurface, SequentialSurface
@@ -373,7 +374,7 @@ class Model(ModelSurface, tf.Module):
         """The static-shape mode for a new adapter, or None for dynamic shapes."""
         on = self.static_shapes
         if on is None:
-            on = execution._is_tpu_strategy(self.distribute_strategy)
+            on = distribute.is_tpu(self.distribute_strategy)
         if not on:
             return None
         return self.static_remainder if training else "pad"
@@ -382,7 +383,7 @@ class Model(ModelSurface, tf.Module):
         """Across workers, reading logs is a collective that every worker must join
         together, so the bar cannot refresh on each worker's own clock: one line
         per epoch instead."""
-        if verbose == 1 and execution._is_multi_worker(self.distribute_strategy):
+        if verbose == 1 and distribute.is_multi_worker(self.distribute_strategy):
             return 2
         return verbose
 
@@ -394,7 +395,7 @@ class Model(ModelSurface, tf.Module):
         except tf.errors.OpError as e:
             clear = (
                 peer_unavailable(e)
-                if execution._is_multi_worker(self.distribute_strategy)
+                if distribute.is_multi_worker(self.distribute_strategy)
                 else None
             )
             if clear is None:
@@ -402,7 +403,7 @@ class Model(ModelSurface, tf.Module):
             raise clear from e
 
     def _check_static_batch(self, adapter: Any) -> None:
-        replicas = self.distribute_strategy.num_replicas_in_sync
+        replicas = distribute.num_replicas(self.distribute_strategy)
         size = adapter.batch_size
         if size is not None and size % replicas:
             raise ValueError(
@@ -692,7 +693,7 @@ class Model(ModelSurface, tf.Module):
 
     def _materialized_logs(self) -> dict[str, Any]:
         raw = self._executor.read_logs()
-        return {k: _to_python(v) for k, v in raw.items()}
+        return {k: to_python(v) for k, v in raw.items()}
 
     # -- override points (run per replica) -----------------------------------
 
@@ -1063,8 +1064,8 @@ class Model(ModelSurface, tf.Module):
         """
         self._require_compiled("fit")
         verbose = resolve_verbose(verbose)
-        _check_int(epochs, "epochs", minimum=0)
-        _check_int(initial_epoch, "initial_epoch", minimum=0)
+        checks.check_int(epochs, "epochs", minimum=0)
+        checks.check_int(initial_epoch, "initial_epoch", minimum=0)
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
             raise TypeError(
                 f"`validation_split` must be a float in [0, 1); received {validation_split!r}."
@@ -1073,7 +1074,7 @@ class Model(ModelSurface, tf.Module):
             raise ValueError(f"`validation_split` must be in [0, 1); received {validation_split}.")
         validation_freq = check_validation_freq(validation_freq)
         if validation_batch_size is not None:
-            _check_int(validation_batch_size, "validation_batch_size", minimum=1)
+            checks.check_int(validation_batch_size, "validation_batch_size", minimum=1)
 
         if validation_split and validation_data is None:
             if not structure.is_array_structure(x):
@@ -1138,7 +1139,7 @@ class Model(ModelSurface, tf.Module):
             if (
                 val_adapter.one_shot
                 and validation_steps is None
-                and _validation_count(initial_epoch, epochs, validation_freq) > 1
+                and validation_count(initial_epoch, epochs, validation_freq) > 1
             ):
                 raise ValueError(
                     "`validation_data` is a one-shot generator, which provides a single pass "
@@ -1324,7 +1325,7 @@ class Model(ModelSurface, tf.Module):
         """
         verbose = resolve_verbose(verbose)
         static = self._static_mode(training=False)
-        if execution._is_multi_worker(self.distribute_strategy):
+        if distribute.is_multi_worker(self.distribute_strategy):
             # Outputs are all-gathered across workers; padded batches give every
             # replica the same shape, which the collective needs.
             static = "pad"
@@ -1388,7 +1389,7 @@ class Model(ModelSurface, tf.Module):
 
     def _single_batch_is_exact(self) -> bool:
         """One worker reads the one batch for sure; across workers a shard may be empty."""
-        return not execution._is_multi_worker(self.distribute_strategy)
+        return not distribute.is_multi_worker(self.distribute_strategy)
 
     def _run_single(self, function, adapter) -> Any:
         dataset = adapter.get_dataset()
@@ -1537,16 +1538,6 @@ class Sequential(SequentialSurface, Model):
         super().__init__(keras.Sequential(layers or []), name=name)
 
 
-def _to_python(value: Any) -> Any:
-    if hasattr(value, "numpy"):
-        value = value.numpy()
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return value.item()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _callback_list(callbacks: Any) -> list:
     """`callbacks` as a list: None, one callback, or a list/tuple of callbacks."""
     from tfk_trainer.callbacks import keras_compat
@@ -1575,27 +1566,7 @@ def _rows(valid: tf.Tensor) -> tf.Tensor:
 
 def _times_rows(weights: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     weights = tf.cast(weights, tf.float32)
-    rows = tf.cast(valid, tf.float32)
-    while (
-        rows.shape.rank is not None
-        and weights.shape.rank is not None
-        and rows.shape.rank < weights.shape.rank
-    ):
-        rows = tf.expand_dims(rows, -1)
-    return weights * rows
-
-
-def _validation_count(initial_epoch: int, epochs: int, validation_freq: Any) -> int:
-    if isinstance(validation_freq, int):
-        return sum(1 for e in range(initial_epoch, epochs) if (e + 1) % validation_freq == 0)
-    return sum(1 for e in range(initial_epoch, epochs) if (e + 1) in validation_freq)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int; received {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; received {value}.")
+    return weights * step_lib.expand_to_rank(_rows(valid), weights.shape.rank)
 
 
 def _unpack_validation_data(validation_data: Any) -> tuple:

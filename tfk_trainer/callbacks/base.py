@@ -82,10 +82,10 @@ class LazyLogs(Mapping):
     def _materialize(self) -> dict[str, float]:
         if self._values is None:
             raw = self._read()
-            self._values = {k: _to_python(raw[k]) for k in self._keys if k in raw}
+            self._values = {k: to_python(raw[k]) for k in self._keys if k in raw}
             for k in raw:
                 if k not in self._values:
-                    self._values[k] = _to_python(raw[k])
+                    self._values[k] = to_python(raw[k])
                     self._keys.append(k)
         return self._values
 
@@ -114,7 +114,9 @@ class LazyLogs(Mapping):
         return repr(self._materialize())
 
 
-def _to_python(value: Any) -> Any:
+def to_python(value: Any) -> Any:
+    """A logged value as Python: a tensor or one-element array becomes its number
+    (what Keras's callbacks and `History` hold); anything else is returned as is."""
     if hasattr(value, "numpy"):
         value = value.numpy()
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:

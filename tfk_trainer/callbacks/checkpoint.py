@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfk_trainer import checkpoint as checkpoint_lib
 from tfk_trainer import distribute, paths
+from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
 from tfk_trainer.engine.loop import Position
 
@@ -108,16 +109,15 @@ class BackupAndRestore(Callback):
         latest = tf.train.latest_checkpoint(self.backup_dir)
         if latest:
             checkpoint_lib.prepare_for_restore(model)
-            try:
-                status = checkpoint.read(latest)
-                status.assert_existing_objects_matched()
-            except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-                raise ValueError(
-                    f"The backup in {self.backup_dir!r} was written by a different model or "
-                    f"configuration and cannot be restored: {str(e).splitlines()[0][:400]}. "
-                    "Use another `backup_dir`, or delete this one to start over."
-                ) from None
-            status.expect_partial()
+            checkpoint_lib.read(
+                checkpoint,
+                latest,
+                subject=f"The backup in {self.backup_dir!r}",
+                mismatch=(
+                    "was written by a different model or configuration and cannot be restored"
+                ),
+                advice=". Use another `backup_dir`, or delete this one to start over.",
+            )
             p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
             model._resume_from = Position(
                 epoch=p["epoch"],
@@ -212,8 +212,8 @@ class ModelCheckpoint(Callback):
             so far (a missing key: a logged warning, no save).
         save_weights_only: Save the network only (no optimizer state).
         mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher
-            `monitor` is better; `"auto"` infers it from the name (`max` for
-            accuracy-like keys).
+            `monitor` is better; `"auto"`: from the metric object or the
+            name, as `EarlyStopping` does (`callbacks/monitor.py`).
         save_freq: `"epoch"` (at each epoch end) or an int: every that many
             optimizer steps (rounded up to execution boundaries).
         initial_value_threshold: Optional float: the value `monitor` must
@@ -234,7 +234,7 @@ class ModelCheckpoint(Callback):
         super().__init__()
         if not isinstance(filepath, (str, os.PathLike)) or not str(filepath):
             raise ValueError(f"`filepath` must be a non-empty path; received {filepath!r}.")
-        if mode not in ("auto", "min", "max"):
+        if mode not in monitor_lib.MODES:
             raise ValueError(f'`mode` must be "auto", "min" or "max"; received {mode!r}.')
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
@@ -242,23 +242,21 @@ class ModelCheckpoint(Callback):
         self.save_best_only = bool(save_best_only)
         self.save_weights_only = bool(save_weights_only)
         self.save_freq = _check_save_freq(save_freq)
-        if mode == "auto":
-            lowered = monitor.lower()
-            mode = (
-                "max"
-                if any(
-                    k in lowered for k in ("acc", "auc", "precision", "recall", "f1", "fmeasure")
-                )
-                else "min"
-            )
+        # "auto" is resolved when the first value is compared, once the
+        # model's metric objects exist (callbacks/monitor.py, the rule every
+        # monitor callback follows).
         self.mode = mode
         self.best = initial_value_threshold
-        if self.best is None:
-            self.best = math.inf if mode == "min" else -math.inf
         self._last_saved_step = 0
         self._epoch = 0
 
     def _improved(self, value: float) -> bool:
+        if self.mode == "auto":
+            self.mode = monitor_lib.resolve_mode(
+                self.mode, str(self.monitor), self.model, "ModelCheckpoint"
+            )
+        if self.best is None:
+            self.best = math.inf if self.mode == "min" else -math.inf
         return value < self.best if self.mode == "min" else value > self.best
 
     def _path(self, epoch: int, logs: dict) -> str:

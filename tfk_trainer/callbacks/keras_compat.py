@@ -82,10 +82,11 @@ def check_supported(callbacks: Iterable[Any]) -> None:
 def resolve_auto_modes(callbacks: Iterable[Any], model: Any) -> None:
     """Keras's monitor callbacks with `mode="auto"` find a metric's direction in Keras's
     own compiled-metrics container, which a tfk model does not have; here the
-    direction comes from the model's metric objects (tfk's rule, a superset of
-    Keras's), and `mode` is set to "min" or "max" before training.
+    direction comes from tfk's one rule (`callbacks/monitor.py`, a superset of
+    Keras's), and `mode` is set to "min" or "max" before training. A key the
+    rule cannot place keeps `mode="auto"`, and Keras raises its own error.
     """
-    from tfk_trainer.callbacks.standard import _auto_direction
+    from tfk_trainer.callbacks.monitor import monitor_direction
 
     monitored = tuple(
         getattr(keras.callbacks, n)
@@ -97,6 +98,6 @@ def resolve_auto_modes(callbacks: Iterable[Any], model: Any) -> None:
             continue
         if getattr(cb, "monitor_op", None) is not None:
             continue
-        direction = _auto_direction(str(cb.monitor), model)
+        direction = monitor_direction(str(cb.monitor), model)
         if direction is not None:
-            cb.mode = "max" if direction == "up" else "min"
+            cb.mode = direction

@@ -15,7 +15,9 @@ more clearly:
   `on_train_begin` instead of at the first epoch that would set it;
 * `mode="auto"` resolves the direction from the metric object (Keras's rule)
   and otherwise from the name ("acc", "auc", "precision", ... maximise;
-  "loss", "error", "mse", ... minimise) before giving up;
+  "loss", "error", "mse", ... minimise) before giving up: the one rule in
+  `callbacks/monitor.py`, which `ModelCheckpoint` and Keras's own monitor
+  callbacks follow too;
 * `LearningRateScheduler` decides between `schedule(epoch, lr)` and
   `schedule(epoch)` from the signature, so a `TypeError` raised inside a
   schedule is not mistaken for the one-argument form.
@@ -38,38 +40,9 @@ import keras
 import numpy as np
 
 from tfk_trainer import paths
+from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
-
-_MODES = ("auto", "min", "max")
-
-# Names whose direction `mode="auto"` infers when no metric object tells it.
-_MAX_NAME_TOKENS = (
-    "acc",
-    "auc",
-    "precision",
-    "recall",
-    "f1",
-    "fbeta",
-    "iou",
-    "r2",
-    "pearson",
-    "concordance",
-    "cosine_similarity",
-)
-_MIN_NAME_TOKENS = (
-    "loss",
-    "error",
-    "mse",
-    "mae",
-    "mape",
-    "msle",
-    "crossentropy",
-    "hinge",
-    "kl_divergence",
-    "poisson",
-    "logcosh",
-)
-
+from tfk_trainer.engine.checks import check_int
 
 # -- argument checks ---------------------------------------------------------
 
@@ -78,18 +51,6 @@ def _check_str(value: Any, name: str, owner: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{owner}: `{name}` must be a non-empty string; received {name}={value!r}.")
     return value
-
-
-def _check_int(value: Any, name: str, owner: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{owner}: `{name}` must be an int >= {minimum}; received {name}={value!r}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{owner}: `{name}` must be an int >= {minimum}; received {name}={value!r}."
-        )
-    return int(value)
 
 
 def _check_real(value: Any, name: str, owner: str, *, allow_none: bool = False) -> Any:
@@ -110,7 +71,7 @@ def _check_verbose(value: Any, owner: str) -> int:
 
 
 def _check_mode(mode: Any, owner: str) -> str:
-    if mode not in _MODES:
+    if mode not in monitor_lib.MODES:
         raise ValueError(
             f'{owner}: `mode` must be one of "auto", "min", "max"; received mode={mode!r}.'
         )
@@ -136,65 +97,14 @@ class _MonitorCallback(Callback):
         self.best = None
 
     def _set_monitor_op(self) -> None:
-        if self.mode == "min":
-            self.monitor_op = np.less
-        elif self.mode == "max":
-            self.monitor_op = np.greater
-        else:
-            direction = _auto_direction(self.monitor, self.model)
-            if direction is None:
-                raise ValueError(
-                    f"{type(self).__name__} callback received monitor={self.monitor!r}, but "
-                    "cannot determine whether that metric should be maximized or minimized. "
-                    "Pass `mode='max'` to monitor the highest value, or `mode='min'` for the "
-                    "lowest."
-                )
-            self.monitor_op = np.greater if direction == "up" else np.less
+        mode = monitor_lib.resolve_mode(self.mode, self.monitor, self.model, type(self).__name__)
+        self.monitor_op = np.greater if mode == "max" else np.less
 
     def _is_improvement(self, value: Any, reference: Any) -> bool:
         if reference is None:
             return True
         delta = self.min_delta if self.monitor_op is np.greater else -self.min_delta
         return bool(self.monitor_op(np.float32(value - delta), np.float32(reference)))
-
-
-def _auto_direction(monitor: str, model: Any) -> str | None:
-    """The direction ("up", "down" or None) `mode="auto"` gives a monitored key."""
-    name = monitor.removeprefix("val_")
-    if name == "loss":
-        return "down"
-    for log_name, metric in _named_metrics(model):
-        if log_name == name and getattr(metric, "_direction", None) in ("up", "down"):
-            return metric._direction
-    lowered = name.lower()
-    if lowered.endswith("loss"):
-        return "down"
-    if any(token in lowered for token in _MAX_NAME_TOKENS):
-        return "up"
-    if any(token in lowered for token in _MIN_NAME_TOKENS):
-        return "down"
-    return None
-
-
-def _named_metrics(model: Any) -> list[tuple[str, Any]]:
-    """(log name, metric object) pairs for the model's metrics."""
-    pairs: list[tuple[str, Any]] = []
-    objectives = getattr(model, "_objectives", None)
-    for compiled in getattr(objectives, "metrics", None) or []:
-        metric = getattr(compiled, "metric", None)
-        if metric is not None and hasattr(compiled, "name"):
-            pairs.append((compiled.name, metric))
-    try:
-        metrics = list(getattr(model, "metrics", None) or [])
-    except Exception:  # a model not built yet may not list its metrics
-        metrics = []
-    for metric in metrics:
-        # Keras models group compiled metrics in containers with a `metrics` list.
-        nested = getattr(metric, "metrics", None)
-        for m in nested if isinstance(nested, (list, tuple)) else [metric]:
-            if hasattr(m, "name"):
-                pairs.append((m.name, m))
-    return pairs
 
 
 def _missing_key_warning(what: str, monitor: str, logs: Any) -> None:
@@ -296,11 +206,11 @@ class EarlyStopping(_MonitorCallback):
     ) -> None:
         owner = "EarlyStopping"
         super().__init__(monitor, mode, min_delta, owner)
-        self.patience = _check_int(patience, "patience", owner)
+        self.patience = check_int(patience, "patience", owner=owner)
         self.verbose = _check_verbose(verbose, owner)
         self.baseline = _check_real(baseline, "baseline", owner, allow_none=True)
         self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = _check_int(start_from_epoch, "start_from_epoch", owner)
+        self.start_from_epoch = check_int(start_from_epoch, "start_from_epoch", owner=owner)
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights = None
@@ -401,9 +311,9 @@ class ReduceLROnPlateau(_MonitorCallback):
                 f"multiplied by it. Received factor={factor!r}."
             )
         self.factor = factor
-        self.patience = _check_int(patience, "patience", owner)
+        self.patience = check_int(patience, "patience", owner=owner)
         self.verbose = _check_verbose(verbose, owner)
-        self.cooldown = _check_int(cooldown, "cooldown", owner)
+        self.cooldown = check_int(cooldown, "cooldown", owner=owner)
         min_lr = _check_real(min_lr, "min_lr", owner)
         if min_lr < 0:
             raise ValueError(f"{owner}: `min_lr` must be >= 0; received min_lr={min_lr!r}.")

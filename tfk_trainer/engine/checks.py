@@ -90,6 +90,26 @@ def short_reason(error: BaseException, limit: int = 400) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def check_int(value: Any, name: str, minimum: int = 0, owner: str | None = None) -> int:
+    """`value` as an int, or a TypeError/ValueError naming the argument, what was
+    given and what is accepted: the one rule for integer arguments of `fit` and
+    of the callbacks (bools are refused, NumPy integers accepted).
+
+    Args:
+        value: The argument's value.
+        name: The argument's name, e.g. "epochs".
+        minimum: The smallest accepted value.
+        owner: What takes the argument (e.g. "EarlyStopping"), named first.
+    """
+    where = f"{owner}: " if owner else ""
+    message = f"{where}`{name}` must be an int >= {minimum}; received {name}={value!r}."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(message)
+    if value < minimum:
+        raise ValueError(message)
+    return int(value)
+
+
 def fully_known(spec: Any) -> bool:
     """Every leaf has a known rank and known non-batch dims."""
     return all(

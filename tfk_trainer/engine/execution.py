@@ -30,6 +30,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfk_trainer import distribute
+
 log = logging.getLogger("tfk_trainer")
 
 # Predict steps update no variables, so consecutive steps of one execution may
@@ -39,23 +41,6 @@ log = logging.getLogger("tfk_trainer")
 # Train and test steps update variables (weights, metrics), which orders every
 # step after the last: nothing to gain there.
 _PREDICT_PARALLEL_ITERATIONS = 10
-
-
-def _is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
-    return type(strategy).__name__.startswith("TPUStrategy")
-
-
-def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    if "MultiWorker" in type(strategy).__name__ or "CollectiveAll" in type(strategy).__name__:
-        return True
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
-
-
-def _strategy_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
-    try:
-        return tuple(strategy.extended.worker_devices)
-    except (RuntimeError, AttributeError):  # the default strategy has none
-        return ()
 
 
 def resolve_jit_compile(
@@ -74,15 +59,14 @@ def resolve_jit_compile(
     """
     if run_eagerly:
         return False
-    if _is_tpu_strategy(strategy):
+    if distribute.is_tpu(strategy):
         return True
-    multi_replica = strategy.num_replicas_in_sync > 1 or _is_multi_worker(strategy)
-    cpu_replicas = all("CPU" in d.upper() for d in _strategy_devices(strategy))
+    multi_replica = distribute.is_multi_replica(strategy)
     if jit_compile is True:
-        if multi_replica and cpu_replicas:
+        if multi_replica and distribute.cpu_replicas(strategy):
             raise ValueError(
                 "jit_compile=True cannot run under a multi-replica strategy on CPU devices "
-                f"({type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas): "
+                f"({type(strategy).__name__} with {distribute.num_replicas(strategy)} replicas): "
                 "XLA cannot access variables placed on other logical CPU devices. Use "
                 'jit_compile="auto" or False here; XLA works on one device, GPUs and TPUs.'
             )
@@ -264,7 +248,7 @@ def make_predict_loop(
     outputs are all-gathered, so every worker returns every prediction, in
     input order. `exact`: as in `make_step_loop`.
     """
-    gather_across_workers = _is_multi_worker(strategy)
+    gather_across_workers = distribute.is_multi_worker(strategy)
     if gather_across_workers:
         inner_fn = replica_fn
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import distribute
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.adapters import DataAdapter
-from tfk_trainer.engine.execution import XlaFallback, _is_multi_worker
+from tfk_trainer.engine.execution import XlaFallback
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner, cut_at_intervals
 
 log = logging.getLogger("tfk_trainer")
@@ -73,7 +74,7 @@ class Iterators:
         self._plan = plan
         self._first_epoch = first_epoch
         self._persistent = None
-        multi_worker = _is_multi_worker(strategy)
+        multi_worker = distribute.is_multi_worker(strategy)
         if multi_worker and hasattr(plan.adapter, "relax_all_dims"):
             plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
         # Exact executions read without an end-of-data check. Across workers each
@@ -418,7 +419,7 @@ class Driver:
                 model.stop_training = True
                 break
             epoch_logs = model._materialized_logs()
-            if validation is not None and _should_validate(epoch, validation_freq):
+            if validation is not None and should_validate(epoch, validation_freq):
                 val_logs = validation()
                 epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
             epoch_logs = dict(sorted(epoch_logs.items()))
@@ -455,10 +456,17 @@ def drop_padding(outputs_and_valid: tuple) -> Any:
     return tf.nest.map_structure(lambda a: a[valid], outputs)
 
 
-def _should_validate(epoch: int, validation_freq: Any) -> bool:
+def should_validate(epoch: int, validation_freq: Any) -> bool:
+    """Whether the 0-based `epoch` validates: every `validation_freq` epochs (an
+    int), or the 1-indexed epochs listed (Keras's rule)."""
     if isinstance(validation_freq, int):
         return (epoch + 1) % validation_freq == 0
     return (epoch + 1) in validation_freq
+
+
+def validation_count(initial_epoch: int, epochs: int, validation_freq: Any) -> int:
+    """How many times a `fit` over `range(initial_epoch, epochs)` validates."""
+    return sum(1 for e in range(initial_epoch, epochs) if should_validate(e, validation_freq))
 
 
 def check_validation_freq(validation_freq: Any) -> Any:

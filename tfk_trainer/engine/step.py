@@ -39,31 +39,41 @@ def batch_size_of(x: Any) -> tf.Tensor:
     return tf.shape(tf.nest.flatten(x)[0])[0]
 
 
-def _squeeze_or_expand(values: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Keras's rank reconciliation between per-element losses and weights."""
-    v_rank, w_rank = values.shape.rank, weights.shape.rank
-    if v_rank is None or w_rank is None or v_rank == w_rank:
-        return values, weights
-    if v_rank == w_rank + 1 and values.shape[-1] == 1:
-        if w_rank == 1:
-            weights = tf.expand_dims(weights, -1)
+def same_rank(x1: tf.Tensor, x2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Keras's rank reconciliation: when the static ranks differ by one and the
+    longer tensor ends in a dimension of 1, squeeze it, or expand the shorter
+    when it is a vector. Used for `y_true`/`y_pred` of function losses and for
+    per-element losses against weights and masks, so they all agree."""
+    r1, r2 = x1.shape.rank, x2.shape.rank
+    if r1 is None or r2 is None or r1 == r2:
+        return x1, x2
+    if r1 == r2 + 1 and x1.shape[-1] == 1:
+        if r2 == 1:
+            x2 = tf.expand_dims(x2, -1)
         else:
-            values = tf.squeeze(values, -1)
-    elif w_rank == v_rank + 1 and weights.shape[-1] == 1:
-        if v_rank == 1:
-            values = tf.expand_dims(values, -1)
+            x1 = tf.squeeze(x1, -1)
+    elif r2 == r1 + 1 and x2.shape[-1] == 1:
+        if r1 == 1:
+            x1 = tf.expand_dims(x1, -1)
         else:
-            weights = tf.squeeze(weights, -1)
-    # Per-sample weights broadcast over trailing loss dimensions.
-    while weights.shape.rank is not None and weights.shape.rank < values.shape.rank:
-        weights = tf.expand_dims(weights, -1)
-    return values, weights
+            x2 = tf.squeeze(x2, -1)
+    return x1, x2
 
 
-def _expand_to_rank(t: tf.Tensor, rank: int) -> tf.Tensor:
+def expand_to_rank(t: tf.Tensor, rank: int | None) -> tf.Tensor:
+    """`t` with trailing dimensions of 1 added up to `rank`, so per-sample
+    values (weights, valid rows) broadcast over per-element ones."""
+    if rank is None:
+        return t
     while t.shape.rank is not None and t.shape.rank < rank:
         t = tf.expand_dims(t, -1)
     return t
+
+
+def _squeeze_or_expand(values: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`same_rank`, then per-sample weights broadcast over trailing loss dimensions."""
+    values, weights = same_rank(values, weights)
+    return values, expand_to_rank(weights, values.shape.rank)
 
 
 def loss_sum_and_count(
@@ -106,7 +116,7 @@ def loss_sum_and_count(
     if mask is not None:
         values, presence = _squeeze_or_expand(values, tf.cast(mask, dtype))
     if valid is not None:
-        rows = _expand_to_rank(tf.cast(valid, dtype), values.shape.rank)
+        rows = expand_to_rank(tf.cast(valid, dtype), values.shape.rank)
         presence = rows if presence is None else presence * rows
     weights = presence
     if sample_weight is not None:

@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 import tfk_trainer as tfk
+from tfk_trainer import compile as compile_lib
 from tfk_trainer import paths as paths_lib
 from tfk_trainer import registry
 from tfk_trainer.export import move_tree
@@ -44,17 +45,6 @@ from tfk_trainer.train.validation import ConfigError
 EXIT_OK = 0
 EXIT_BELOW_BAR = 1  # test accuracy below eval.min_accuracy, or continuous_evaluate timed out
 EXIT_USAGE = 2
-
-_OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-    "adagrad": keras.optimizers.Adagrad,
-    "nadam": keras.optimizers.Nadam,
-    "adamax": keras.optimizers.Adamax,
-    "lion": keras.optimizers.Lion,
-}
 
 
 @dataclass
@@ -216,7 +206,7 @@ def make_optimizer(config: Any, steps_per_epoch: int | None) -> keras.optimizers
         kwargs["weight_decay"] = train.weight_decay
     if train.clipnorm:
         kwargs["global_clipnorm"] = train.clipnorm
-    return _OPTIMIZERS[train.optimizer](**kwargs)
+    return compile_lib.OPTIMIZERS[train.optimizer](**kwargs)
 
 
 def build_model(
@@ -357,7 +347,7 @@ def _base_summary(config: Any, mode: str, model_dir: str, strategy: Any) -> dict
         "data": config.data.name,
         "model_dir": os.path.abspath(model_dir),
         "strategy": config.runtime.strategy,
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": tfk.distribute.num_replicas(strategy),
         "mixed_precision": config.runtime.mixed_precision,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,

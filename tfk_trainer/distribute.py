@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 log = logging.getLogger("tfk_trainer")
 
 NAMES = ("default", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu", "auto")
@@ -217,4 +219,4 @@ def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
         strategy: The strategy to ask; `None`: the one in scope.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+    return compat.in_multi_worker_mode(strategy)

@@ -37,7 +37,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfk_trainer import paths
+from tfk_trainer import compat, paths
 from tfk_trainer.callbacks.base import Callback
 
 _MODES = ("auto", "min", "max")
@@ -164,8 +164,8 @@ def _auto_direction(monitor: str, model: Any) -> str | None:
     if name == "loss":
         return "down"
     for log_name, metric in _named_metrics(model):
-        if log_name == name and getattr(metric, "_direction", None) in ("up", "down"):
-            return metric._direction
+        if log_name == name and compat.metric_direction(metric) is not None:
+            return compat.metric_direction(metric)
     lowered = name.lower()
     if lowered.endswith("loss"):
         return "down"
@@ -184,10 +184,16 @@ def _named_metrics(model: Any) -> list[tuple[str, Any]]:
         metric = getattr(compiled, "metric", None)
         if metric is not None and hasattr(compiled, "name"):
             pairs.append((compiled.name, metric))
+    # A model that is not built lists no metrics (an empty list, no error). Any
+    # other failure to list them is raised: skipping them would let mode="auto"
+    # guess the direction from the name alone, possibly the wrong way.
     try:
         metrics = list(getattr(model, "metrics", None) or [])
-    except Exception:  # a model not built yet may not list its metrics
-        metrics = []
+    except Exception as e:
+        raise RuntimeError(
+            f'mode="auto" reads the model\'s metrics to choose a direction, and listing '
+            f"them failed: {type(e).__name__}: {e}. Pass mode='min' or mode='max'."
+        ) from e
     for metric in metrics:
         # Keras models group compiled metrics in containers with a `metrics` list.
         nested = getattr(metric, "metrics", None)
@@ -234,7 +240,7 @@ def _check_lr_settable(optimizer: Any, owner: str) -> None:
     inner = optimizer
     while hasattr(inner, "inner_optimizer"):  # LossScaleOptimizer
         inner = inner.inner_optimizer
-    lr = getattr(inner, "_learning_rate", None)
+    lr = compat.optimizer_learning_rate(inner)
     if lr is None or isinstance(lr, keras.Variable) or hasattr(lr, "assign"):
         return
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) or callable(lr):

@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 
 def describe_spec(spec: Any) -> str:
     """`(None, 5)` for one tensor; the structure of shapes for nested inputs."""
@@ -149,10 +151,10 @@ def _shape_hint(loss: Any) -> str:
 
 def _sparse_kwargs(obj: Any) -> dict | None:
     """The keyword arguments of a sparse categorical cross-entropy loss or metric, or
-    None when `obj` is not one (Keras stores the function as `fn` or `_fn`)."""
-    for attr in ("fn", "_fn"):
-        if getattr(obj, attr, None) is keras.losses.sparse_categorical_crossentropy:
-            return dict(getattr(obj, "_fn_kwargs", None) or {})
+    None when `obj` is not one."""
+    wrapped = compat.wrapped_fn_and_kwargs(obj)
+    if wrapped is not None and wrapped[0] is keras.losses.sparse_categorical_crossentropy:
+        return wrapped[1]
     return None
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 log = logging.getLogger("tfk_trainer")
 
 # Predict steps update no variables, so consecutive steps of one execution may
@@ -48,7 +50,7 @@ def _is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
 def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     if "MultiWorker" in type(strategy).__name__ or "CollectiveAll" in type(strategy).__name__:
         return True
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+    return compat.in_multi_worker_mode(strategy)
 
 
 def _strategy_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:

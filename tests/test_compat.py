@@ -342,3 +342,18 @@ def test_graph_trace_that_cannot_stop_is_a_warning_not_silence(tmp_path, monkeyp
     assert any("could not stop tracing" in m and "trace_off exploded" in m for m in messages), (
         messages
     )
+
+
+def test_sparse_label_check_finds_keras_and_tfk_wrapped_cross_entropies():
+    """The label-range check reads the wrapped function through compat; tfk's own
+    FunctionLoss (a plain `fn` compiled by name) is found too."""
+    from tfk_trainer.compile import FunctionLoss
+    from tfk_trainer.engine.checks import _sparse_kwargs
+
+    loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=3)
+    assert _sparse_kwargs(loss)["ignore_class"] == 3
+    metric = keras.metrics.SparseCategoricalCrossentropy(from_logits=True)
+    assert _sparse_kwargs(metric)["from_logits"] is True
+    assert _sparse_kwargs(keras.metrics.SparseCategoricalAccuracy()) is None
+    assert _sparse_kwargs(FunctionLoss(keras.losses.sparse_categorical_crossentropy)) == {}
+    assert _sparse_kwargs(keras.losses.MeanSquaredError()) is None

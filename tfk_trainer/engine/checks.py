@@ -151,11 +151,11 @@ def _shape_hint(loss: Any) -> str:
 
 def _sparse_kwargs(obj: Any) -> dict | None:
     """The keyword arguments of a sparse categorical cross-entropy loss or metric, or
-    None when `obj` is not one."""
+    None when `obj` is not one (a Keras wrapper, or tfk's `FunctionLoss`, whose public
+    `fn` takes no keyword arguments)."""
     wrapped = compat.wrapped_fn_and_kwargs(obj)
-    if wrapped is not None and wrapped[0] is keras.losses.sparse_categorical_crossentropy:
-        return wrapped[1]
-    return None
+    fn, kwargs = wrapped if wrapped is not None else (getattr(obj, "fn", None), {})
+    return kwargs if fn is keras.losses.sparse_categorical_crossentropy else None
 
 
 def _min_max(labels: Any, ignore: Any) -> tuple[float, float] | None:

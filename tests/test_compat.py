@@ -357,3 +357,47 @@ def test_sparse_label_check_finds_keras_and_tfk_wrapped_cross_entropies():
     assert _sparse_kwargs(keras.metrics.SparseCategoricalAccuracy()) is None
     assert _sparse_kwargs(FunctionLoss(keras.losses.sparse_categorical_crossentropy)) == {}
     assert _sparse_kwargs(keras.losses.MeanSquaredError()) is None
+
+
+# Errors translated into one that names the argument keep the original as `__cause__`.
+
+
+def test_unknown_optimizer_keeps_keras_error_as_cause():
+    from tfk_trainer.compile import resolve_optimizer
+
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamm'") as info:
+        resolve_optimizer("adamm")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_bad_class_weight_value_keeps_the_conversion_error_as_cause():
+    from tfk_trainer.data import class_weight
+
+    with pytest.raises(TypeError, match=r"class_weight\[0\]") as info:
+        class_weight.validate({0: "heavy"})
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_schedule_output_that_keras_cannot_convert_keeps_the_cause():
+    from tfk_trainer.callbacks.standard import _as_lr
+
+    with pytest.raises(ValueError, match="should be a float") as info:
+        _as_lr([[1.0], [1.0, 2.0]])
+    assert info.value.__cause__ is not None
+
+
+def test_invalid_tf_config_keeps_the_parse_error_as_cause(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is set but is not a valid") as info:
+        tfk.distribute.resolve("multi_worker_mirrored")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_sample_weight_that_does_not_broadcast_keeps_the_cause():
+    """Eagerly (inside fit, TF's tracing rewraps every error raised while tracing)."""
+    from tfk_trainer.engine.step import loss_sum_and_count
+
+    y = tf.zeros((8, 3))
+    with pytest.raises(ValueError, match="`sample_weight` of shape") as info:
+        loss_sum_and_count(keras.losses.MeanSquaredError(), y, y, tf.ones((8, 2)))
+    assert isinstance(info.value.__cause__, ValueError)

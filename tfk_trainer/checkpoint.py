@@ -117,10 +117,10 @@ def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
     except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
         raise ValueError(
             f"The checkpoint {path!r} does not match this model: {str(e).splitlines()[0][:500]}"
-        ) from None
+        ) from e
     except tf.errors.OpError as e:
         raise ValueError(
             f"The checkpoint {path!r} cannot be read (corrupt or truncated): "
             f"{str(e).splitlines()[0][:300]}"
-        ) from None
+        ) from e
     status.expect_partial()

@@ -108,7 +108,7 @@ def _multi_worker(communication: str) -> tf.distribute.Strategy:
                 "TF_CONFIG is set but is not a valid cluster description "
                 '(expected {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}): '
                 f"{e}"
-            ) from None
+            ) from e
     else:
         log.warning(
             "multi_worker_mirrored without TF_CONFIG: running as a single worker. Set TF_CONFIG "
@@ -155,7 +155,7 @@ def check_reachable(address: str, timeout: float) -> None:
         raise RuntimeError(
             f"No TPU answers at {address} ({type(e).__name__}: {e}) within {timeout:g} s. Check "
             "the address and that the TPU is running, or use tpu='local' on a TPU VM."
-        ) from None
+        ) from e
 
 
 def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
@@ -172,16 +172,16 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
             raise RuntimeError(
                 f"Resolving the TPU name {tpu!r} needs the Cloud TPU client: "
                 "pip install 'tfk_trainer[tpu]' (cloud-tpu-client). On a TPU VM use tpu='local'."
-            ) from None
+            ) from e
         if isinstance(e, RuntimeError) and "No TPU answers" in str(e):
             raise
-        raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from None
+        raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 - URLError, DefaultCredentialsError, ...
         raise RuntimeError(
             f"Could not resolve the TPU {tpu!r}: {type(e).__name__}: {e}. For a TPU name, "
             "pass tpu_zone and tpu_project and make sure Google Cloud credentials are set; "
             "on a TPU VM use tpu='local'."
-        ) from None
+        ) from e
     if tpu != "local":
         tf.config.experimental_connect_to_cluster(resolver)
     try:
@@ -191,7 +191,7 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
             f"No TPU found for tpu={tpu!r}: {str(e).splitlines()[0][:200]}. Run on a Cloud TPU "
             "VM (tpu='local') or pass a TPU name/grpc:// address; off TPUs use 'auto', "
             "'mirrored' or 'default'."
-        ) from None
+        ) from e
     return tf.distribute.TPUStrategy(resolver)
 
 

@@ -116,7 +116,7 @@ class BackupAndRestore(Callback):
                     f"The backup in {self.backup_dir!r} was written by a different model or "
                     f"configuration and cannot be restored: {str(e).splitlines()[0][:400]}. "
                     "Use another `backup_dir`, or delete this one to start over."
-                ) from None
+                ) from e
             status.expect_partial()
             p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
             model._resume_from = Position(
@@ -268,7 +268,7 @@ class ModelCheckpoint(Callback):
             raise KeyError(
                 f"`filepath` {self.filepath!r} names {e}, which is not in the logs "
                 f"{sorted(logs or {})}."
-            ) from None
+            ) from e
 
     def _save(self, epoch: int, logs: dict) -> None:
         logs = dict(logs or {})

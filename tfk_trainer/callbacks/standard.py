@@ -496,12 +496,13 @@ def _as_lr(value: Any) -> float:
         raise ValueError(f"The output of the `schedule` function should be a float. Got: {value!r}")
     if isinstance(value, numbers.Real):
         return value
+    message = f"The output of the `schedule` function should be a float. Got: {value!r}"
     try:
         array = np.asarray(keras.ops.convert_to_numpy(value))
-    except Exception:
-        array = None
-    if array is None or array.shape != () or array.dtype.kind not in "fiu":
-        raise ValueError(f"The output of the `schedule` function should be a float. Got: {value!r}")
+    except Exception as e:  # anything Keras cannot convert: reported with its cause
+        raise ValueError(message) from e
+    if array.shape != () or array.dtype.kind not in "fiu":
+        raise ValueError(message)
     return float(array)
 
 
@@ -642,7 +643,7 @@ class CSVLogger(Callback):
                 action="be opened for writing",
                 owner="CSVLogger",
                 accepted="Pass a file path in an existing, writable directory.",
-            ) from None
+            ) from e
         self.writer = None
         self.keys = None
 

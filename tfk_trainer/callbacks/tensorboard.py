@@ -255,7 +255,7 @@ class TensorBoard(Callback):
             try:
                 writer = tf.summary.create_file_writer(logdir)
             except tf.errors.OpError as e:
-                raise paths.path_error(e, "log_dir", self.log_dir, owner="TensorBoard") from None
+                raise paths.path_error(e, "log_dir", self.log_dir, owner="TensorBoard") from e
             self._writers[run] = writer
         return writer
 

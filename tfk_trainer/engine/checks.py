@@ -131,7 +131,7 @@ def check_targets_fit_losses(objectives: Any, y_spec: Any, output_structure: Any
                 f"`y`{where} has shape {describe_spec(y_true)}, but the model's output "
                 f"{output.name!r} has shape {describe_spec(y_pred)}, and its loss "
                 f"{_loss_name(loss)!r} cannot take them: {short_reason(e)}.{_shape_hint(loss)}"
-            ) from None
+            ) from e
 
 
 def _shape_hint(loss: Any) -> str:

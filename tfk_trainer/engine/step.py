@@ -122,12 +122,12 @@ def loss_sum_and_count(
         values, weights = _squeeze_or_expand(values, weights)
         try:
             tf.broadcast_static_shape(values.shape, weights.shape)
-        except ValueError:
+        except ValueError as e:
             raise ValueError(
                 f"`sample_weight` of shape {weights.shape} does not fit the per-element "
                 f"losses of shape {values.shape}: pass one weight per sample `(N,)`, or per "
                 "timestep `(N, T)` for temporal data."
-            ) from None
+            ) from e
         values = values * weights
     local_sum = tf.reduce_sum(values)
 

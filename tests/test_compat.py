@@ -401,3 +401,26 @@ def test_sample_weight_that_does_not_broadcast_keeps_the_cause():
     with pytest.raises(ValueError, match="`sample_weight` of shape") as info:
         loss_sum_and_count(keras.losses.MeanSquaredError(), y, y, tf.ones((8, 2)))
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_masked_loss_matches_keras_through_the_engine():
+    """The engine reads the mask a Masking layer attaches (compat.keras_mask): the
+    masked loss equals Keras's own evaluate of the same network."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 2)).astype("float32")
+    x[:, 3:] = 0.0  # the last two timesteps are masked
+    y = rng.normal(size=(8, 5, 1)).astype("float32")
+    net = keras.Sequential(
+        [keras.Input((5, 2)), keras.layers.Masking(0.0), keras.layers.Dense(1)]
+    )
+    reference = keras.models.clone_model(net)
+    reference.set_weights(net.get_weights())
+    reference.compile(loss="mse")
+    expected = reference.evaluate(x, y, batch_size=8, verbose=0)
+
+    model = tfk.Model(net)
+    model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+    got = model.evaluate(x, y, batch_size=8, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+    unmasked = float(np.mean((net(x).numpy() - y) ** 2))
+    assert abs(got - unmasked) > 1e-3  # the mask changed the loss

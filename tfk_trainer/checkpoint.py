@@ -141,10 +141,10 @@ def read(
         status = checkpoint.read(path)
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-        raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:500]}{advice}") from None
+        raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:500]}{advice}") from e
     except tf.errors.OpError as e:
         raise ValueError(
             f"{subject} cannot be read (corrupt or truncated): "
             f"{str(e).splitlines()[0][:300]}{advice}"
-        ) from None
+        ) from e
     status.expect_partial()

@@ -79,14 +79,14 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
             return OPTIMIZERS[optimizer.lower()]()
         try:
             return keras.optimizers.get(optimizer)
-        except ValueError:
+        except ValueError as e:
             names = sorted(OPTIMIZERS)
             close = difflib.get_close_matches(optimizer.lower(), names, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
                 f"Unknown optimizer {optimizer!r} for `optimizer`. Accepted: an instance of "
                 f"keras.optimizers.Optimizer or one of {names}.{hint}"
-            ) from None
+            ) from e
     raise TypeError(
         "`optimizer` must be a string (e.g. 'adam') or a keras.optimizers.Optimizer "
         f"instance; received {type(optimizer).__name__}: {optimizer!r}."
@@ -100,7 +100,7 @@ def _all_names(module) -> list[str]:
 def _resolve_named(identifier: str, kind: str, getter, module, argument: str | None = None) -> Any:
     try:
         return getter(identifier)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as e:
         candidates = [n for n in _all_names(module) if n[:1].islower()]
         candidates += ["mse", "mae", "mape", "msle", "kld", "accuracy", "acc", "crossentropy", "ce"]
         close = difflib.get_close_matches(identifier, candidates, n=3, cutoff=0.6)
@@ -111,7 +111,7 @@ def _resolve_named(identifier: str, kind: str, getter, module, argument: str | N
             "Accepted: a name from "
             f"{module.__name__} (e.g. {candidates[:4]}), a callable `fn(y_true, y_pred)`, "
             f"or a keras {'Loss' if kind == 'loss' else 'Metric'} instance."
-        ) from None
+        ) from e
 
 
 def resolve_loss(identifier: Any, y_true_shape, y_pred_shape) -> keras.losses.Loss:

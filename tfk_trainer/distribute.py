@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 log = logging.getLogger("tfk_trainer")
 
 NAMES = ("default", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu", "auto")
@@ -106,7 +108,7 @@ def _multi_worker(communication: str) -> tf.distribute.Strategy:
                 "TF_CONFIG is set but is not a valid cluster description "
                 '(expected {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}): '
                 f"{e}"
-            ) from None
+            ) from e
     else:
         log.warning(
             "multi_worker_mirrored without TF_CONFIG: running as a single worker. Set TF_CONFIG "
@@ -153,7 +155,7 @@ def check_reachable(address: str, timeout: float) -> None:
         raise RuntimeError(
             f"No TPU answers at {address} ({type(e).__name__}: {e}) within {timeout:g} s. Check "
             "the address and that the TPU is running, or use tpu='local' on a TPU VM."
-        ) from None
+        ) from e
 
 
 def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
@@ -170,16 +172,16 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
             raise RuntimeError(
                 f"Resolving the TPU name {tpu!r} needs the Cloud TPU client: "
                 "pip install 'tfk_trainer[tpu]' (cloud-tpu-client). On a TPU VM use tpu='local'."
-            ) from None
+            ) from e
         if isinstance(e, RuntimeError) and "No TPU answers" in str(e):
             raise
-        raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from None
+        raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 - URLError, DefaultCredentialsError, ...
         raise RuntimeError(
             f"Could not resolve the TPU {tpu!r}: {type(e).__name__}: {e}. For a TPU name, "
             "pass tpu_zone and tpu_project and make sure Google Cloud credentials are set; "
             "on a TPU VM use tpu='local'."
-        ) from None
+        ) from e
     if tpu != "local":
         tf.config.experimental_connect_to_cluster(resolver)
     try:
@@ -189,7 +191,7 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
             f"No TPU found for tpu={tpu!r}: {str(e).splitlines()[0][:200]}. Run on a Cloud TPU "
             "VM (tpu='local') or pass a TPU name/grpc:// address; off TPUs use 'auto', "
             "'mirrored' or 'default'."
-        ) from None
+        ) from e
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -233,8 +235,7 @@ def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
         strategy: The strategy to ask; `None`: the one in scope.
     """
     strategy = _in_scope(strategy)
-    # compat: TF answers this in a private method of the strategy's extended object.
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+    return compat.in_multi_worker_mode(strategy)
 
 
 def is_tpu(strategy: tf.distribute.Strategy | None = None) -> bool:

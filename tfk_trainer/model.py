@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import compat, distribute
 from tfk_trainer import compile as compile_lib
-from tfk_trainer import distribute
 from tfk_trainer.callbacks.base import CallbackList, to_python
 from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
@@ -906,7 +906,6 @@ class Model(ModelSurface, tf.Module):
             replicas == 1
             or not any(getattr(inner, a, None) for a in clips)
             or getattr(inner, "gradient_accumulation_steps", None)
-            or not hasattr(inner, "_clip_gradients")
         ):
             optimizer.apply(grads, variables)
             return
@@ -917,7 +916,7 @@ class Model(ModelSurface, tf.Module):
         scale = getattr(optimizer, "dynamic_scale", None) if inner is not optimizer else None
         if scale is not None:
             summed = [g / tf.cast(scale, g.dtype) for g in summed]
-        clipped = inner._clip_gradients(summed)
+        clipped = compat.clip_gradients(inner, summed)
         if scale is not None:
             clipped = [g * tf.cast(scale, g.dtype) for g in clipped]
         # Each share is within the clip bounds, so the optimizer's own clipping
@@ -1365,15 +1364,13 @@ class Model(ModelSurface, tf.Module):
         try:
             with self.distribute_strategy.scope():
                 self(tf.nest.map_structure(_zeros_for, given), training=False)
-            return
-        except Exception as e:  # noqa: BLE001 - reported below, naming the argument
-            reason = checks.short_reason(e)
-        raise ValueError(
-            f"The inputs of `validation_data` do not fit the model: received inputs of shape "
-            f"{checks.describe_spec(given)}, but the training data `x` has "
-            f"{checks.describe_spec(expected)} (the model was built on it). Calling the "
-            f"model on the validation inputs failed: {reason}."
-        )
+        except Exception as e:  # noqa: BLE001 - reported naming the argument, cause kept
+            raise ValueError(
+                f"The inputs of `validation_data` do not fit the model: received inputs of "
+                f"shape {checks.describe_spec(given)}, but the training data `x` has "
+                f"{checks.describe_spec(expected)} (the model was built on it). Calling the "
+                f"model on the validation inputs failed: {checks.short_reason(e)}."
+            ) from e
 
     # -- single batches ------------------------------------------------------
 

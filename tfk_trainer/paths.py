@@ -91,12 +91,12 @@ def make_dirs(
         try:
             tf.io.gfile.makedirs(directory)
         except tf.errors.OpError as e:
-            raise path_error(e, argument, shown, owner=owner) from None
+            raise path_error(e, argument, shown, owner=owner) from e
         return
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        raise path_error(e, argument, shown, owner=owner) from None
+        raise path_error(e, argument, shown, owner=owner) from e
     if not os.access(directory, os.W_OK | os.X_OK):
         reason = f"{directory!r} is not a writable directory"
         raise named_os_error(

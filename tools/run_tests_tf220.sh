@@ -21,7 +21,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[tf220] installing tensorflow 2.20 and the test tools ..."
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    "tensorflow==2.20.*" "tensorboard>=2.20,<2.21" pytest pytest-xdist pytest-timeout portpicker
+    "tensorflow==2.20.*" "tensorboard>=2.20,<2.21" "keras>=3.12,<3.16" ml-collections pytest pytest-xdist pytest-timeout portpicker
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
     -e . --config-settings editable_mode=compat
   echo "$WANT" > "$STAMP"
@@ -30,4 +30,5 @@ fi
 
 exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile -p no:cacheprovider \
   tests/test_differential.py tests/test_execution.py tests/test_distribute.py \
-  tests/test_data_sources.py tests/test_compile_outputs.py tests/test_static_shapes.py "$@"
+  tests/test_data_sources.py tests/test_compile_outputs.py tests/test_static_shapes.py \
+  tests/test_compat.py "$@"

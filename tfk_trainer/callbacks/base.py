@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import keras
+
 log = logging.getLogger("tfk_trainer")
 
 
@@ -146,7 +148,8 @@ def _overrides(callback: Any, hook: str) -> bool:
     defined_in = next((k for k in type(callback).__mro__ if hook in vars(k)), None)
     if defined_in is None:
         return False
-    return defined_in.__module__ not in (__name__, "keras.src.callbacks.callback")
+    # Keras's base class is named by identity, not by the private module defining it.
+    return defined_in.__module__ != __name__ and defined_in is not keras.callbacks.Callback
 
 
 class CallbackList:

@@ -266,7 +266,7 @@ class ModelCheckpoint(Callback):
             raise KeyError(
                 f"`filepath` {self.filepath!r} names {e}, which is not in the logs "
                 f"{sorted(logs or {})}."
-            ) from None
+            ) from e
 
     def _save(self, epoch: int, logs: dict) -> None:
         logs = dict(logs or {})

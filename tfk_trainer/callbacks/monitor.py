@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfk_trainer import compat
+
 MODES = ("auto", "min", "max")
 
 # Names whose direction `mode="auto"` infers when no metric object tells it.
@@ -74,9 +76,8 @@ def monitor_direction(monitor: str, model: Any) -> str | None:
     if name == "loss":
         return "min"
     for log_name, metric in _named_metrics(model):
-        # compat: Keras metrics declare their direction in a private attribute.
-        direction = getattr(metric, "_direction", None)
-        if log_name == name and direction in ("up", "down"):
+        direction = compat.metric_direction(metric) if log_name == name else None
+        if direction in ("up", "down"):
             return "max" if direction == "up" else "min"
     lowered = name.lower()
     if lowered.endswith("loss"):
@@ -117,10 +118,16 @@ def _named_metrics(model: Any) -> list[tuple[str, Any]]:
         metric = getattr(compiled, "metric", None)
         if metric is not None and hasattr(compiled, "name"):
             pairs.append((compiled.name, metric))
+    # A model that is not built lists no metrics (an empty list, no error). Any
+    # other failure to list them is raised: skipping them would let mode="auto"
+    # guess the direction from the name alone, possibly the wrong way.
     try:
         metrics = list(getattr(model, "metrics", None) or [])
-    except Exception:  # a model not built yet may not list its metrics
-        metrics = []
+    except Exception as e:
+        raise RuntimeError(
+            f'mode="auto" reads the model\'s metrics to choose a direction, and listing '
+            f"them failed: {type(e).__name__}: {e}. Pass mode='min' or mode='max'."
+        ) from e
     for metric in metrics:
         # Keras models group compiled metrics in containers with a `metrics` list.
         nested = getattr(metric, "metrics", None)

@@ -39,7 +39,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfk_trainer import paths
+from tfk_trainer import compat, paths
 from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
 from tfk_trainer.engine.checks import check_int
@@ -144,7 +144,7 @@ def _check_lr_settable(optimizer: Any, owner: str) -> None:
     inner = optimizer
     while hasattr(inner, "inner_optimizer"):  # LossScaleOptimizer
         inner = inner.inner_optimizer
-    lr = getattr(inner, "_learning_rate", None)
+    lr = compat.optimizer_learning_rate(inner)
     if lr is None or isinstance(lr, keras.Variable) or hasattr(lr, "assign"):
         return
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) or callable(lr):
@@ -400,12 +400,13 @@ def _as_lr(value: Any) -> float:
         raise ValueError(f"The output of the `schedule` function should be a float. Got: {value!r}")
     if isinstance(value, numbers.Real):
         return value
+    message = f"The output of the `schedule` function should be a float. Got: {value!r}"
     try:
         array = np.asarray(keras.ops.convert_to_numpy(value))
-    except Exception:
-        array = None
-    if array is None or array.shape != () or array.dtype.kind not in "fiu":
-        raise ValueError(f"The output of the `schedule` function should be a float. Got: {value!r}")
+    except Exception as e:  # anything Keras cannot convert: reported with its cause
+        raise ValueError(message) from e
+    if array.shape != () or array.dtype.kind not in "fiu":
+        raise ValueError(message)
     return float(array)
 
 
@@ -546,7 +547,7 @@ class CSVLogger(Callback):
                 action="be opened for writing",
                 owner="CSVLogger",
                 accepted="Pass a file path in an existing, writable directory.",
-            ) from None
+            ) from e
         self.writer = None
         self.keys = None
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer import distribute, paths
+from tfk_trainer import compat, distribute, paths
 from tfk_trainer.callbacks.base import Callback
 
 log = logging.getLogger("tfk_trainer")
@@ -272,7 +272,7 @@ class TensorBoard(Callback):
             try:
                 writer = tf.summary.create_file_writer(logdir)
             except tf.errors.OpError as e:
-                raise paths.path_error(e, "log_dir", self.log_dir, owner="TensorBoard") from None
+                raise paths.path_error(e, "log_dir", self.log_dir, owner="TensorBoard") from e
             self._writers[run] = writer
         return writer
 
@@ -389,7 +389,7 @@ class TensorBoard(Callback):
         # The train writer may now be captured by a traced function: it stays
         # open for later fits with this callback (see on_train_end).
         self._keep_train_writer = True
-        self._previous_recording = _current_recording_condition()
+        self._previous_recording = compat.summary_recording_condition()
         stack = contextlib.ExitStack()
         stack.enter_context(self._writer("train").as_default(step=_NextStep(self._step_var)))
         stack.enter_context(tf.summary.record_if(self._should_record))
@@ -424,8 +424,7 @@ class TensorBoard(Callback):
                 f"TensorBoard could not write the train function's graph: {e}", stacklevel=3
             )
         finally:
-            with contextlib.suppress(Exception):
-                tf.summary.trace_off()
+            _trace_off()
 
     def _start_profiler(self) -> None:
         self._profile_done = True
@@ -448,8 +447,7 @@ class TensorBoard(Callback):
         """Undoes what a fit that raised left behind (the engine skips on_train_end then)."""
         if self._tracing_graph:
             self._tracing_graph = False
-            with contextlib.suppress(Exception):
-                tf.summary.trace_off()
+            _trace_off()
         self._stop_profiler()
         self._pop_summary_state()
 
@@ -636,14 +634,14 @@ class TensorBoard(Callback):
         self._close_writers()
 
 
-def _current_recording_condition() -> Any:
-    """The `record_if` condition in force before this callback pushed its own.
-
-    TF has no public getter for it; None (record) when the internals moved.
-    """
+def _trace_off() -> None:
+    """Stops the graph trace; a failure is reported, not raised: the graph is optional
+    and the fit (or the error that ended it) goes on."""
     try:
-        from tensorflow.python.ops import summary_ops_v2
-
-        return summary_ops_v2._summary_state.is_recording
-    except (ImportError, AttributeError):
-        return None
+        tf.summary.trace_off()
+    except Exception as e:  # noqa: BLE001 - optional, reported with the cause
+        warnings.warn(
+            f"TensorBoard could not stop tracing the train function's graph: "
+            f"{type(e).__name__}: {e}",
+            stacklevel=3,
+        )

@@ -141,12 +141,12 @@ class _PythonSource(DataAdapter):
         batch = _normalize(element, self._source)
         try:
             tf.nest.assert_same_structure(batch, self._first)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as e:
             raise ValueError(
                 f"`{self._source}` yielded batches of inconsistent structure: the first was "
                 f"{_describe(self._first)}, a later one {_describe(batch)}. Every batch must "
                 "have the same structure of x, y and sample_weight."
-            ) from None
+            ) from e
         for a, b in zip(tf.nest.flatten(batch), tf.nest.flatten(self._first)):
             if np.ndim(a) != np.ndim(b) or np.asarray(a).dtype.kind != np.asarray(b).dtype.kind:
                 raise ValueError(
@@ -277,7 +277,7 @@ class PyDatasetAdapter(_PythonSource):
         except (TypeError, ValueError) as e:
             raise ValueError(
                 f"The PyDataset passed as `{argument}` has an invalid `__len__`/`num_batches`: {e}"
-            ) from None
+            ) from e
         if num is not None:
             if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
                 raise ValueError(
@@ -299,12 +299,12 @@ class PyDatasetAdapter(_PythonSource):
     def _get(self, index: int) -> Any:
         try:
             return self._dataset[index]
-        except IndexError:
+        except IndexError as e:
             raise IndexError(
                 f"The PyDataset passed as `{self._source.split()[0]}` raised IndexError for "
                 f"batch {index}; its `__len__`/`num_batches` ({self._num_batches}) is larger "
                 "than the number of batches `__getitem__` can serve."
-            ) from None
+            ) from e
 
     @property
     def num_batches(self) -> int | None:

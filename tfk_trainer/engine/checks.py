@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 
 def describe_spec(spec: Any) -> str:
     """`(None, 5)` for one tensor; the structure of shapes for nested inputs."""
@@ -149,7 +151,7 @@ def check_targets_fit_losses(objectives: Any, y_spec: Any, output_structure: Any
                 f"`y`{where} has shape {describe_spec(y_true)}, but the model's output "
                 f"{output.name!r} has shape {describe_spec(y_pred)}, and its loss "
                 f"{_loss_name(loss)!r} cannot take them: {short_reason(e)}.{_shape_hint(loss)}"
-            ) from None
+            ) from e
 
 
 def _shape_hint(loss: Any) -> str:
@@ -169,11 +171,11 @@ def _shape_hint(loss: Any) -> str:
 
 def _sparse_kwargs(obj: Any) -> dict | None:
     """The keyword arguments of a sparse categorical cross-entropy loss or metric, or
-    None when `obj` is not one (Keras stores the function as `fn` or `_fn`)."""
-    for attr in ("fn", "_fn"):
-        if getattr(obj, attr, None) is keras.losses.sparse_categorical_crossentropy:
-            return dict(getattr(obj, "_fn_kwargs", None) or {})
-    return None
+    None when `obj` is not one (a Keras wrapper, or tfk's `FunctionLoss`, whose public
+    `fn` takes no keyword arguments)."""
+    wrapped = compat.wrapped_fn_and_kwargs(obj)
+    fn, kwargs = wrapped if wrapped is not None else (getattr(obj, "fn", None), {})
+    return kwargs if fn is keras.losses.sparse_categorical_crossentropy else None
 
 
 def _min_max(labels: Any, ignore: Any) -> tuple[float, float] | None:

@@ -15,6 +15,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfk_trainer import compat
+
 
 def _replica_context() -> tf.distribute.ReplicaContext:
     ctx = tf.distribute.get_replica_context()
@@ -92,11 +94,11 @@ def loss_sum_and_count(
     local mean) is weighted by the local batch size.
     """
     dtype = getattr(loss, "dtype", None) or "float32"
-    mask = getattr(y_pred, "_keras_mask", None)
+    mask = compat.keras_mask(y_pred)
     y_pred = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_pred)
     y_true = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_true)
     values = tf.cast(loss.call(y_true, y_pred), dtype)
-    out_mask = getattr(values, "_keras_mask", None)
+    out_mask = compat.keras_mask(values)
     if mask is not None and out_mask is not None:
         mask = tf.logical_and(tf.cast(mask, tf.bool), tf.cast(out_mask, tf.bool))
     elif out_mask is not None:
@@ -130,12 +132,12 @@ def loss_sum_and_count(
         values, weights = _squeeze_or_expand(values, weights)
         try:
             tf.broadcast_static_shape(values.shape, weights.shape)
-        except ValueError:
+        except ValueError as e:
             raise ValueError(
                 f"`sample_weight` of shape {weights.shape} does not fit the per-element "
                 f"losses of shape {values.shape}: pass one weight per sample `(N,)`, or per "
                 "timestep `(N, T)` for temporal data."
-            ) from None
+            ) from e
         values = values * weights
     local_sum = tf.reduce_sum(values)
 

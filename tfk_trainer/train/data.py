@@ -282,7 +282,7 @@ def tfds_dataset(config: Any) -> Splits:
         raise FileNotFoundError(
             f"TFDS {config.tfds_name!r} is not prepared under data.data_dir "
             f"{config.data_dir or '(the TFDS default)'!r} and data.download is False: {e}"
-        ) from None
+        ) from e
 
     def scale(x, y):
         if x.dtype == tf.uint8:

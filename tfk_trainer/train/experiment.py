@@ -156,7 +156,7 @@ def setup_runtime(config: Any) -> tf.distribute.Strategy:
     try:
         return tfk.distribute.resolve(runtime.strategy, tpu=runtime.tpu or None)
     except (ValueError, RuntimeError) as e:
-        raise ConfigError([f"runtime.strategy {runtime.strategy!r}: {e}"]) from None
+        raise ConfigError([f"runtime.strategy {runtime.strategy!r}: {e}"]) from e
 
 
 def load_data(config: Any) -> data_lib.Splits:

@@ -21,8 +21,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from tfk_trainer import compat, distribute
 from tfk_trainer import configs as shipped_configs
-from tfk_trainer import distribute
 from tfk_trainer.train import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -205,9 +205,7 @@ def parse(argv: list[str]) -> list[str]:
         _fail(message)
     config = CONFIG.value
     if not isinstance(config, ml_collections.ConfigDict):
-        error = getattr(type(config), "_ReportError", None) and object.__getattribute__(
-            config, "_error"
-        )
+        error = compat.config_load_error(config)
         if error:  # ml_collections defers a file it could not read to first use
             _fail(f"{_config_arg(argv)}: could not read the config file: {error}")
         _fail(

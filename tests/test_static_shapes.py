@@ -130,3 +130,45 @@ def test_bad_static_arguments():
         tfk.Model(keras.Sequential([keras.layers.Dense(1)]), static_remainder="pad")
     with pytest.raises(ValueError, match="static_shapes"):
         tfk.Model(keras.Sequential([keras.layers.Dense(1)]), static_shapes="yes")
+
+
+def test_the_static_wrapper_reads_only_the_adapter_interface():
+    """`StaticShapeAdapter` takes its batch size from `first_batch` and forwards
+    `relax_all_dims`: both declared on `DataAdapter`, so any adapter can be wrapped."""
+    from tfk_trainer.data.base import DataAdapter
+    from tfk_trainer.data.static import StaticShapeAdapter
+
+    first = (np.zeros((6, D), "float32"), np.zeros((6,), "int64"))
+
+    class Source(DataAdapter):
+        relaxed = False
+
+        def get_dataset(self, *, repeat=False, first_epoch=0):
+            raise AssertionError("the batch size must come from first_batch, not a read")
+
+        @property
+        def num_batches(self):
+            return None
+
+        @property
+        def first_batch(self):
+            return first
+
+        def relax_all_dims(self):
+            self.relaxed = True
+
+    source = Source()
+    wrapped = StaticShapeAdapter(source, "pad")
+    assert wrapped.batch_size == 6
+    assert wrapped.first_batch is first
+    wrapped.relax_all_dims()
+    assert source.relaxed
+
+    # The same through the factory, on a generator whose later batch has other dims.
+    batches = [(np.ones((4, 3), "float32"),), (np.ones((4, 5), "float32"),)]
+    adapter = tfk.data.get_adapter(lambda: iter(batches), static="drop")
+    assert isinstance(adapter, StaticShapeAdapter)
+    assert adapter.batch_size == 4
+    assert adapter.get_dataset().element_spec[0].shape.as_list() == [4, 3]
+    adapter.relax_all_dims()  # what multi-worker strategies get
+    assert adapter.get_dataset().element_spec[0].shape.as_list() == [4, None]

@@ -27,6 +27,7 @@ from tfk_trainer.callbacks.base import CallbackList, to_python
 from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
+from tfk_trainer.data import factory as data_factory
 from tfk_trainer.data import static as static_lib
 from tfk_trainer.data import structure
 from tfk_trainer.engine import checks, execution
@@ -1087,7 +1088,7 @@ class Model(ModelSurface, tf.Module):
             if validation_data[2] is None:
                 validation_data = validation_data[:2]
 
-        adapter = adapters_lib.get_adapter(
+        adapter = data_factory.get_adapter(
             x,
             y,
             sample_weight,
@@ -1118,7 +1119,7 @@ class Model(ModelSurface, tf.Module):
         validation = None
         if validation_data is not None:
             vx, vy, vsw = _unpack_validation_data(validation_data)
-            val_adapter = adapters_lib.get_adapter(
+            val_adapter = data_factory.get_adapter(
                 vx,
                 vy,
                 vsw,
@@ -1257,7 +1258,7 @@ class Model(ModelSurface, tf.Module):
             )
         self._require_compiled("evaluate")
         verbose = resolve_verbose(verbose)
-        adapter = adapters_lib.get_adapter(
+        adapter = data_factory.get_adapter(
             x,
             y,
             sample_weight,
@@ -1328,7 +1329,7 @@ class Model(ModelSurface, tf.Module):
             # Outputs are all-gathered across workers; padded batches give every
             # replica the same shape, which the collective needs.
             static = "pad"
-        adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False, static=static)
+        adapter = data_factory.get_adapter(x, batch_size=batch_size, shuffle=False, static=static)
         if static:
             self._check_static_batch(adapter)
         plan = EpochPlan.create(adapter, steps, "steps")

@@ -1,15 +1,13 @@
-"""Data adapters: every input kind ends as a batched `tf.data.Dataset`.
+"""The adapters of data that TensorFlow holds: in-memory arrays and `tf.data.Dataset`s.
 
-An adapter knows nothing of steps, strategies or callbacks. It answers four
-questions for the epoch driver: what dataset to iterate (one epoch, or
-repeating across epochs), how many batches an epoch holds if that is known,
-the batch size, and which hooks to run at epoch boundaries. Elements are
-always tuples `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+Both end as a batched `tf.data.Dataset` of `(x,)`, `(x, y)` or
+`(x, y, sample_weight)` tuples, behind the `base.DataAdapter` interface.
+Python sources (generators, PyDatasets) are in `python_sources`; which
+adapter a given input gets is decided in `factory`.
 """
 
 from __future__ import annotations
 
-import abc
 from typing import Any
 
 import numpy as np
@@ -17,85 +15,10 @@ import tensorflow as tf
 
 from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
+from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
-
-
-class DataAdapter(abc.ABC):
-    """The interface between user data and the epoch driver."""
-
-    @abc.abstractmethod
-    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        """Returns batched `(x,)`/`(x, y)`/`(x, y, sw)` tuples.
-
-        With `repeat=False` the dataset covers one epoch. With `repeat=True` it
-        covers epochs `first_epoch, first_epoch + 1, ...` back to back, for the
-        driver's persistent iterator (`steps_per_epoch` set); adapters that
-        cannot repeat (user datasets) return their dataset unchanged.
-        """
-
-    @property
-    @abc.abstractmethod
-    def num_batches(self) -> int | None:
-        """Batches in one epoch, or None when unknown or infinite."""
-
-    @property
-    def is_infinite(self) -> bool:
-        return False
-
-    @property
-    def element_spec(self) -> tuple:
-        """The spec the model is built from (concrete non-batch dims where known)."""
-        return self.get_dataset().element_spec
-
-    @property
-    def one_shot(self) -> bool:
-        """True for sources that cannot be read twice (a plain generator)."""
-        return False
-
-    @property
-    def exact_batches(self) -> bool:
-        """Whether every epoch holds exactly `num_batches` batches (endless with
-        `repeat=True`), guaranteed by how the adapter built the dataset. The
-        driver then reads batches without checking for the end of the data."""
-        return False
-
-    @property
-    def can_change_spec(self) -> bool:
-        """Whether a dataset may end early with `spec_changed` (the driver then reads step counts)."""
-        return False
-
-    @property
-    def spec_changed(self) -> bool:
-        """True when the last dataset ended early because later batches changed shape.
-
-        The driver then makes a new iterator (`get_dataset` continues the same
-        data with relaxed shapes) instead of treating the end as end-of-data.
-        Only Python sources do this.
-        """
-        return False
-
-    def raise_pending_error(self) -> None:  # noqa: B027 - optional hook
-        """Re-raises an exception a Python producer hit (generators, PyDataset workers)."""
-
-    @property
-    def batch_size(self) -> int | None:
-        return None
-
-    @property
-    def can_repeat(self) -> bool:
-        """Whether `get_dataset(repeat=True)` really repeats the data."""
-        return False
-
-    def on_epoch_begin(self, epoch: int) -> None:  # noqa: B027 - optional hook
-        """Called exactly once before each epoch's first batch."""
-
-    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
-        """Called exactly once after each epoch's last batch."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Releases workers or other resources; called at the end of fit/evaluate/predict."""
 
 
 class ArrayAdapter(DataAdapter):
@@ -388,132 +311,6 @@ class DatasetAdapter(DataAdapter):
         if self._class_weight is not None:
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         return dataset
-
-
-def get_adapter(
-    x: Any,
-    y: Any = None,
-    sample_weight: Any = None,
-    *,
-    batch_size: int | None = None,
-    shuffle: bool | str = False,
-    class_weight: dict | None = None,
-    static: str | None = None,
-    argument: str = "x",
-) -> DataAdapter:
-    """Picks the adapter for `x`, with the Keras 3 API docs' rules on what may accompany it.
-
-    `static` selects static-shape mode: "drop" or "wrap" (training) or "pad"
-    (evaluate/predict); None keeps the partial last batch as it is.
-    """
-    adapter = _make_adapter(
-        x,
-        y,
-        sample_weight,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        class_weight=class_weight,
-        static=static,
-        argument=argument,
-    )
-    if static is not None and not isinstance(adapter, ArrayAdapter):
-        from tfk_trainer.data.static import StaticShapeAdapter
-
-        adapter = StaticShapeAdapter(adapter, static)
-    return adapter
-
-
-def _make_adapter(
-    x: Any,
-    y: Any,
-    sample_weight: Any,
-    *,
-    batch_size: int | None,
-    shuffle: bool | str,
-    class_weight: dict | None,
-    static: str | None,
-    argument: str,
-) -> DataAdapter:
-    if x is None:
-        raise ValueError(f"`{argument}` is required; received None.")
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-            raise TypeError(
-                f"`batch_size` must be a positive int or None; received {batch_size!r}."
-            )
-        if batch_size <= 0:
-            raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size}.")
-    if class_weight is not None:
-        class_weight_lib.validate(class_weight)
-    if isinstance(x, tf.data.Dataset):
-        _reject_with_dataset(
-            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a tf.data.Dataset"
-        )
-        return DatasetAdapter(x, class_weight=class_weight)
-    from tfk_trainer.data import python_sources
-
-    if python_sources.is_py_dataset(x):
-        _reject_with_dataset(
-            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a PyDataset"
-        )
-        return python_sources.PyDatasetAdapter(
-            x, shuffle=shuffle, class_weight=class_weight, argument=argument
-        )
-    if python_sources.is_generator_like(x) or (
-        callable(x) and not structure.is_array_like(x) and not isinstance(x, type)
-    ):
-        _reject_with_dataset(
-            y=y, sample_weight=sample_weight, batch_size=batch_size, kind="a generator"
-        )
-        return python_sources.GeneratorAdapter(x, class_weight=class_weight, argument=argument)
-    if isinstance(x, (tf.distribute.DistributedDataset,)):
-        raise TypeError(
-            "`x` is an already-distributed dataset; pass the plain tf.data.Dataset "
-            "and let the model distribute it under its strategy."
-        )
-    structure.check_not_namedtuple(x, "x")
-    if structure.is_array_structure(x):
-        if y is not None and not structure.is_array_structure(y):
-            raise TypeError(
-                f"`y` must be an array or a list/dict of arrays when `x` is; received {type(y).__name__}."
-            )
-        if sample_weight is not None and not structure.is_array_structure(sample_weight):
-            raise TypeError(
-                "`sample_weight` must be an array when `x` is; received "
-                f"{type(sample_weight).__name__}."
-            )
-        return ArrayAdapter(
-            x,
-            y,
-            sample_weight,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            class_weight=class_weight,
-            static=static,
-        )
-    raise TypeError(
-        f"Unrecognized data type for `{argument}`: {type(x).__name__}. Accepted: a NumPy "
-        "array or array-like, a tensor, a list or dict of arrays/tensors, a "
-        "tf.data.Dataset, a PyDataset, or a Python generator (or a callable returning one)."
-    )
-
-
-def _reject_with_dataset(*, y, sample_weight, batch_size, kind: str) -> None:
-    if y is not None:
-        raise ValueError(
-            f"`y` must not be given when `x` is {kind}: the targets come from `x` "
-            "(yield `(x, y)` or `(x, y, sample_weight)`)."
-        )
-    if sample_weight is not None:
-        raise ValueError(
-            f"`sample_weight` must not be given when `x` is {kind}: yield "
-            "`(x, y, sample_weight)` instead."
-        )
-    if batch_size is not None:
-        raise ValueError(
-            f"`batch_size` must not be given when `x` is {kind}: it is already "
-            f"batched (received batch_size={batch_size})."
-        )
 
 
 def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:

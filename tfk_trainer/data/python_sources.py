@@ -23,16 +23,19 @@ import itertools
 import multiprocessing
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tfk_trainer.data import structure
-from tfk_trainer.data.adapters import DataAdapter
+from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.class_weight import apply_to_dataset
+from tfk_trainer.data.py_dataset import PyDataset
 
 
 def _normalize(element: Any, source: str) -> tuple:
@@ -170,6 +173,11 @@ class _PythonSource(DataAdapter):
     @property
     def element_spec(self) -> tuple:
         return _concrete_spec(self._first)
+
+    @property
+    def first_batch(self) -> tuple:
+        """The first batch, read when the adapter was made (for the spec)."""
+        return self._first
 
     def _dataset_from(self, make_iterator: Callable[[], Iterator[tuple]]) -> tf.data.Dataset:
         def generate():
@@ -462,21 +470,12 @@ def _fetch_item(index: int) -> Any:
 
 
 def is_generator_like(x: Any) -> bool:
-    import types
-
+    """Whether `x` is read with `next()`: a generator or another iterator (not an array)."""
     return isinstance(x, types.GeneratorType) or (
         hasattr(x, "__next__") and hasattr(x, "__iter__") and not structure.is_array_like(x)
     )
 
 
 def is_py_dataset(x: Any) -> bool:
-    from tfk_trainer.data.py_dataset import PyDataset
-
-    if isinstance(x, PyDataset):
-        return True
-    try:
-        import keras
-
-        return isinstance(x, keras.utils.PyDataset)
-    except (ImportError, AttributeError):
-        return False
+    """Whether `x` is a `tfk_trainer.data.PyDataset` or a `keras.utils.PyDataset`."""
+    return isinstance(x, (PyDataset, keras.utils.PyDataset))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer.data.adapters import DataAdapter
+from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.structure import PaddedBatch, set_batch_dim
 
 MODES = ("drop", "wrap", "pad")
@@ -49,7 +49,12 @@ def pad_batch(batch: tuple, batch_size: int) -> PaddedBatch:
 
 
 class StaticShapeAdapter(DataAdapter):
-    """Wraps a non-array adapter so every batch has `batch_size` rows."""
+    """Wraps a non-array adapter so every batch has `batch_size` rows.
+
+    It forwards every member of the `DataAdapter` interface to the adapter it
+    wraps, except the batching it changes (`num_batches`, `batch_size`,
+    `get_dataset`): the interface is all it reads.
+    """
 
     def __init__(self, inner: DataAdapter, mode: str, batch_size: int | None = None):
         if mode not in ("drop", "pad"):
@@ -60,9 +65,6 @@ class StaticShapeAdapter(DataAdapter):
         self._inner = inner
         self._mode = mode
         self._batch_size = batch_size or _first_batch_size(inner)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     @property
     def num_batches(self) -> int | None:
@@ -105,6 +107,13 @@ class StaticShapeAdapter(DataAdapter):
     def raise_pending_error(self) -> None:
         self._inner.raise_pending_error()
 
+    @property
+    def first_batch(self) -> tuple | None:
+        return self._inner.first_batch
+
+    def relax_all_dims(self) -> None:
+        self._inner.relax_all_dims()
+
     def close(self) -> None:
         self._inner.close()
 
@@ -118,9 +127,10 @@ class StaticShapeAdapter(DataAdapter):
 
 
 def _first_batch_size(adapter: DataAdapter) -> int:
+    """The static batch size: the adapter's own, else its first batch's (read once)."""
     if adapter.batch_size:
         return int(adapter.batch_size)
-    first = getattr(adapter, "_first", None)
+    first = adapter.first_batch
     if first is not None:
         return int(np.shape(tf.nest.flatten(first)[0])[0])
     spec = adapter.element_spec

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfk_trainer import distribute
 from tfk_trainer.callbacks.base import CallbackList, LazyLogs
-from tfk_trainer.data.adapters import DataAdapter
+from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.engine.execution import XlaFallback
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner, cut_at_intervals
 
@@ -75,7 +75,7 @@ class Iterators:
         self._first_epoch = first_epoch
         self._persistent = None
         multi_worker = distribute.is_multi_worker(strategy)
-        if multi_worker and hasattr(plan.adapter, "relax_all_dims"):
+        if multi_worker:
             plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
         # Exact executions read without an end-of-data check. Across workers each
         # worker's shard may hold a different number of batches, so never there.

@@ -43,8 +43,20 @@ call is reported (absolute MB; a baseline process that builds only the data
 gives the floor). Where the reset is unavailable, the process peak
 (`getrusage`) is reported, TensorFlow's import included.
 
+Cold start (`--cold`, run alone): a newcomer's first `fit()` in a fresh
+process. For each case, each runner (`tfk`, `keras`; same network, same data,
+same compile arguments) runs in its own fresh interpreter (`python -c`), which
+records, from the moment the parent spawned it (so interpreter start and
+`import tensorflow` are included): the imports done, the end of the first
+optimizer step (a callback's `on_train_batch_end` for batch 0) and the end of
+`fit()`, in wall clock and in process CPU time. Rounds alternate the runners'
+order; medians and per-round ratios are reported. The networks are defined
+again in the child script, so a child imports nothing but NumPy, TensorFlow,
+Keras and (for `tfk`) tfk_trainer.
+
 Usage:
   .venv/bin/python tools/benchmark.py --quick
+  .venv/bin/python tools/benchmark.py --cold --cold_rounds=5
   .venv/bin/python tools/benchmark.py --rounds=7 --output=/tmp/bench.md
   .venv/bin/python tools/benchmark.py --workloads=tiny_mlp --inputs=numpy \\
       --spe=1,16,128 --modes=fit,predict --product
@@ -113,6 +125,16 @@ flags.DEFINE_string(
     "output", None, "Also write the results here: JSON if the name ends in .json, else markdown."
 )
 flags.DEFINE_string("memory_child", None, "Internal: run one runner of one row and print its RSS.")
+flags.DEFINE_bool(
+    "cold",
+    False,
+    "Run only the cold-start section: each runner's first fit() in a fresh interpreter, "
+    "timed from the spawn to the first optimizer step and to the end of fit().",
+)
+flags.DEFINE_list("cold_cases", None, "Only these cold-start cases (default: all of COLD_CASES).")
+flags.DEFINE_integer(
+    "cold_rounds", None, "Fresh processes per runner and case (default 3 with --quick, else 5)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +247,13 @@ def check_flag_values() -> None:
     for value in FLAGS.spe or []:
         if not value.isdigit() or int(value) < 1:
             raise app.UsageError(f"--spe: {value!r} is not a positive int.")
+    for value in FLAGS.cold_cases or []:
+        if value not in COLD_CASES:
+            raise app.UsageError(
+                f"--cold_cases: unknown value {value!r}; choose from {tuple(COLD_CASES)}."
+            )
+    if FLAGS.cold_rounds is not None and FLAGS.cold_rounds < 1:
+        raise app.UsageError("--cold_rounds must be >= 1.")
     if FLAGS.rounds is not None and FLAGS.rounds < 1:
         raise app.UsageError("--rounds must be >= 1.")
     if FLAGS.steps is not None and FLAGS.steps < 1:
@@ -875,6 +904,284 @@ def measure_memory(rows: list[dict[str, Any]]) -> None:
             row.setdefault("memory", {"baseline": base.get(workload, {})})[kind] = result
 
 
+# -- cold start (a fresh interpreter per runner) -------------------------------------
+
+# The child: everything a newcomer's script does, timed from the parent's spawn.
+# argv: the case (JSON) and the parent's time.monotonic() just before the spawn
+# (CLOCK_MONOTONIC is system-wide on Linux, so both processes read the same clock).
+COLD_CHILD = r"""
+import json, os, resource, sys, time
+
+SPAWNED = float(sys.argv[2])
+spec = json.loads(sys.argv[1])
+
+
+def stamp():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": time.monotonic() - SPAWNED, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+marks = {"start": stamp()}
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
+import tensorflow as tf
+import keras
+
+if spec["runner"] == "tfk":
+    import tfk_trainer as tfk
+marks["import"] = stamp()
+
+if spec["network"] == "cnn":
+    layers = [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ]
+    shape = (28, 28, 1)
+else:
+    layers = [
+        keras.Input((784,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+    shape = (784,)
+steps, batch, split = spec["steps"], spec["batch"], spec["validation_split"]
+n = round(steps * batch / (1.0 - split))
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, *shape), dtype=np.float32)
+y = rng.integers(0, 10, size=(n,), dtype=np.int32)
+keras.utils.set_random_seed(0)
+net = keras.Sequential(layers)
+model = tfk.Model(net) if spec["runner"] == "tfk" else net
+model.compile(
+    optimizer="adam",
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    metrics=["accuracy"],
+)
+marks["compiled"] = stamp()
+
+
+class FirstStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if "first_step" not in marks:
+            marks["first_step"] = stamp()
+
+
+history = model.fit(
+    x, y, batch_size=batch, epochs=1, verbose=0, validation_split=split, callbacks=[FirstStep()]
+)
+marks["fit_end"] = stamp()
+done = int(model.optimizer.iterations.numpy())
+if done != steps:
+    raise AssertionError(f"{spec['runner']} fit ran {done} optimizer steps, not {steps}")
+if split and "val_loss" not in history.history:
+    raise AssertionError(f"{spec['runner']} fit did not validate: {history.history}")
+print(
+    "COLD_RESULT "
+    + json.dumps({"marks": marks, "tensorflow": tf.__version__, "keras": keras.__version__}),
+    flush=True,
+)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdCase:
+    name: str
+    network: str  # "cnn" or "mlp" (the cnn and fashion_mlp workloads' networks)
+    validation_split: float = 0.0
+    steps: int = 4
+    batch: int = 32
+
+
+COLD_CASES = {
+    c.name: c
+    for c in (
+        ColdCase("cnn", "cnn"),
+        ColdCase("cnn_val", "cnn", validation_split=0.2),
+        ColdCase("mlp", "mlp"),
+        ColdCase("mlp_val", "mlp", validation_split=0.2),
+    )
+}
+COLD_RUNNERS = ("tfk", "keras")
+COLD_MARKS = ("import", "first_step", "fit_end")
+
+
+def run_cold_child(case: ColdCase, runner: str) -> dict[str, Any]:
+    """One fresh interpreter: `{"marks": {mark: {"wall", "cpu"}}}`, or `{"error": ...}`."""
+    spec = json.dumps({**dataclasses.asdict(case), "runner": runner})
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    spawned = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", COLD_CHILD, spec, repr(spawned)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("COLD_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return {"error": f"child exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(line[len("COLD_RESULT ") :])
+
+
+def measure_cold(cases: list[ColdCase], rounds: int) -> list[dict[str, Any]]:
+    """Per case, `rounds` fresh processes per runner, the order alternating each round."""
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {
+            "case": dataclasses.asdict(case),
+            "runs": {k: [] for k in COLD_RUNNERS},
+            "errors": {},
+        }
+        for r in range(rounds):
+            order = COLD_RUNNERS if r % 2 == 0 else COLD_RUNNERS[::-1]
+            for runner in order:
+                if runner in row["errors"]:
+                    continue
+                result = run_cold_child(case, runner)
+                if "error" in result:
+                    row["errors"][runner] = result["error"]
+                else:
+                    row["runs"][runner].append(result)
+        summarize_cold(row)
+        rows.append(row)
+        print(
+            f"cold {case.name}: first step tfk/keras {_fmt_ratio(row['first_step_ratio'])}, "
+            f"after the imports {_fmt_ratio(row['after_import_ratio'])}",
+            flush=True,
+        )
+    return rows
+
+
+def summarize_cold(row: dict[str, Any]) -> None:
+    """Medians per runner and mark; ratios (keras time / tfk time, like the other
+    tables: above 1 means tfk is faster) within each round, then the median."""
+    runs = row["runs"]
+    medians: dict[str, dict[str, float]] = {}
+    for runner in COLD_RUNNERS:
+        if not runs[runner]:
+            continue
+        medians[runner] = {}
+        for mark in COLD_MARKS:
+            for clock in ("wall", "cpu"):
+                medians[runner][f"{mark}_{clock}"] = statistics.median(
+                    r["marks"][mark][clock] for r in runs[runner]
+                )
+        for clock in ("wall", "cpu"):
+            medians[runner][f"after_import_{clock}"] = statistics.median(
+                r["marks"]["first_step"][clock] - r["marks"]["import"][clock] for r in runs[runner]
+            )
+    row["median_s"] = medians
+
+    def ratio(value: Callable[[dict], float]) -> float | None:
+        n = min(len(runs["tfk"]), len(runs["keras"]))
+        if not n or row["errors"]:
+            return None
+        return statistics.median(value(runs["keras"][i]) / value(runs["tfk"][i]) for i in range(n))
+
+    row["first_step_ratio"] = ratio(lambda r: r["marks"]["first_step"]["wall"])
+    row["first_step_ratio_cpu"] = ratio(lambda r: r["marks"]["first_step"]["cpu"])
+    row["fit_end_ratio"] = ratio(lambda r: r["marks"]["fit_end"]["wall"])
+    row["after_import_ratio"] = ratio(
+        lambda r: r["marks"]["first_step"]["wall"] - r["marks"]["import"]["wall"]
+    )
+    row["after_import_ratio_cpu"] = ratio(
+        lambda r: r["marks"]["first_step"]["cpu"] - r["marks"]["import"]["cpu"]
+    )
+
+
+COLD_HEADER = (
+    "| case | imports s (tfk / keras) | first step s (tfk / keras) | first step CPU s "
+    "(tfk / keras) | import to first step s (tfk / keras) | end of fit s (tfk / keras) "
+    "| first step tfk/keras | first step tfk/keras CPU | import to first step tfk/keras "
+    "| end of fit tfk/keras |"
+)
+
+
+def _cold_pair(row: dict[str, Any], key: str) -> str:
+    m = row["median_s"]
+    return " / ".join(
+        "fails" if k in row["errors"] or k not in m else f"{m[k][key]:.2f}" for k in COLD_RUNNERS
+    )
+
+
+def cold_table(rows: list[dict[str, Any]]) -> str:
+    lines = [COLD_HEADER, "|" + "---|" * (COLD_HEADER.count(" | ") + 1)]
+    for row in rows:
+
+        def pair(key: str, row: dict[str, Any] = row) -> str:
+            return _cold_pair(row, key)
+
+        c = row["case"]
+        label = c["name"] + (
+            f" (validation_split={c['validation_split']})" if c["validation_split"] else ""
+        )
+        lines.append(
+            f"| {label} | {pair('import_wall')} | {pair('first_step_wall')} "
+            f"| {pair('first_step_cpu')} | {pair('after_import_wall')} | {pair('fit_end_wall')} "
+            f"| {_fmt_ratio(row['first_step_ratio'])} | {_fmt_ratio(row['first_step_ratio_cpu'])} "
+            f"| {_fmt_ratio(row['after_import_ratio'])} | {_fmt_ratio(row['fit_end_ratio'])} |"
+        )
+    return "\n".join(lines)
+
+
+def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    versions = next((r["runs"][k][0] for r in rows for k in COLD_RUNNERS if r["runs"][k]), {})
+    parts = [
+        "# tfk_trainer cold-start results",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, TensorFlow "
+        f"{versions.get('tensorflow', '?')}, Keras {versions.get('keras', '?')}. Load average "
+        f"at start {meta['load_start'][0]:.2f}, at end {meta['load_end'][0]:.2f}. "
+        f"{meta['rounds']} fresh processes per runner and case; total {meta['elapsed_s']:.0f} s.",
+        "",
+        "Times from the spawn of the interpreter; ratios are keras time / tfk time "
+        "(above 1.00x: tfk is faster), medians of per-round ratios.",
+        "",
+        cold_table(rows),
+    ]
+    errors = [f"- {r['case']['name']}, {k}: {e}" for r in rows for k, e in r["errors"].items()]
+    if errors:
+        parts += ["", "Runners that failed:", "", *errors]
+    return "\n".join(parts) + "\n"
+
+
+def cold_main() -> None:
+    names = FLAGS.cold_cases or list(COLD_CASES)
+    rounds = FLAGS.cold_rounds or (3 if FLAGS.quick else 5)
+    started, load_start = time.perf_counter(), os.getloadavg()
+    print(f"Cold start: {len(names)} cases, {rounds} rounds, fresh processes", flush=True)
+    rows = measure_cold([COLD_CASES[n] for n in names], rounds)
+    meta = {
+        "command": " ".join(["python", "tools/benchmark.py", *sys.argv[1:]]),
+        "rounds": rounds,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    text = cold_markdown(meta, rows)
+    print()
+    print(text, flush=True)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            if FLAGS.output.endswith(".json"):
+                json.dump({"meta": meta, "cold": rows}, f, indent=1)
+            else:
+                f.write(text)
+    if any(r["errors"] for r in rows):
+        sys.exit(1)
+
+
 # -- targets and report ------------------------------------------------------------
 
 
@@ -1089,6 +1396,9 @@ def main(argv: list[str]) -> None:
         memory_child(FLAGS.memory_child)
         return
     check_flag_values()
+    if FLAGS.cold:
+        cold_main()
+        return
     configs = select_matrix()
     if not configs:
         raise app.UsageError("The flags select no measurement.")

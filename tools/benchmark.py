@@ -52,11 +52,16 @@ optimizer step (a callback's `on_train_batch_end` for batch 0) and the end of
 `fit()`, in wall clock and in process CPU time. Rounds alternate the runners'
 order; medians and per-round ratios are reported. The networks are defined
 again in the child script, so a child imports nothing but NumPy, TensorFlow,
-Keras and (for `tfk`) tfk_trainer.
+Keras and (for `tfk`) tfk_trainer, which is byte-compiled first (as `pip
+install` does). `--cold_compare=DIR` adds a third runner, `base`: tfk_trainer
+imported from another checkout (an older commit), interleaved in the same
+rounds, for before/after tables on a noisy machine.
 
 Usage:
   .venv/bin/python tools/benchmark.py --quick
   .venv/bin/python tools/benchmark.py --cold --cold_rounds=5
+  git worktree add /tmp/before HEAD~3
+  .venv/bin/python tools/benchmark.py --cold --cold_compare=/tmp/before
   .venv/bin/python tools/benchmark.py --rounds=7 --output=/tmp/bench.md
   .venv/bin/python tools/benchmark.py --workloads=tiny_mlp --inputs=numpy \\
       --spe=1,16,128 --modes=fit,predict --product
@@ -130,6 +135,12 @@ flags.DEFINE_bool(
     False,
     "Run only the cold-start section: each runner's first fit() in a fresh interpreter, "
     "timed from the spawn to the first optimizer step and to the end of fit().",
+)
+flags.DEFINE_string(
+    "cold_compare",
+    None,
+    "With --cold: also time tfk_trainer imported from this other checkout (e.g. a `git "
+    "worktree` of an older commit), as a third runner `base`, interleaved in the same rounds.",
 )
 flags.DEFINE_list("cold_cases", None, "Only these cold-start cases (default: all of COLD_CASES).")
 flags.DEFINE_integer(
@@ -1009,14 +1020,28 @@ COLD_CASES = {
     )
 }
 COLD_RUNNERS = ("tfk", "keras")
+COLD_BASE = "base"  # --cold_compare: tfk_trainer imported from another checkout
 COLD_MARKS = ("import", "first_step", "fit_end")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cold_child(case: ColdCase, runner: str) -> dict[str, Any]:
+def byte_compile(root: str) -> None:
+    """Byte-compiles `root`/tfk_trainer, as `pip install` does: Python reads the
+    `.pyc` files even under PYTHONDONTWRITEBYTECODE, so no child spends its
+    import compiling the package's sources (TF's and Keras's are compiled at
+    install time)."""
+    import compileall
+
+    compileall.compile_dir(os.path.join(root, "tfk_trainer"), quiet=1)
+
+
+def run_cold_child(case: ColdCase, runner: str, compare: str | None = None) -> dict[str, Any]:
     """One fresh interpreter: `{"marks": {mark: {"wall", "cpu"}}}`, or `{"error": ...}`."""
-    spec = json.dumps({**dataclasses.asdict(case), "runner": runner})
+    spec = json.dumps(
+        {**dataclasses.asdict(case), "runner": "tfk" if runner == COLD_BASE else runner}
+    )
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = compare if runner == COLD_BASE else _ROOT
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     spawned = time.monotonic()
     proc = subprocess.run(
@@ -1024,6 +1049,7 @@ def run_cold_child(case: ColdCase, runner: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         env=env,
+        cwd=root,
         timeout=600,
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("COLD_RESULT ")), None)
@@ -1032,41 +1058,50 @@ def run_cold_child(case: ColdCase, runner: str) -> dict[str, Any]:
     return json.loads(line[len("COLD_RESULT ") :])
 
 
-def measure_cold(cases: list[ColdCase], rounds: int) -> list[dict[str, Any]]:
-    """Per case, `rounds` fresh processes per runner, the order alternating each round."""
+def measure_cold(
+    cases: list[ColdCase], rounds: int, compare: str | None = None
+) -> list[dict[str, Any]]:
+    """Per case, `rounds` fresh processes per runner, the order rotating each round."""
+    runners = COLD_RUNNERS + ((COLD_BASE,) if compare else ())
     rows = []
     for case in cases:
         row: dict[str, Any] = {
             "case": dataclasses.asdict(case),
-            "runs": {k: [] for k in COLD_RUNNERS},
+            "runners": list(runners),
+            "runs": {k: [] for k in runners},
             "errors": {},
         }
         for r in range(rounds):
-            order = COLD_RUNNERS if r % 2 == 0 else COLD_RUNNERS[::-1]
-            for runner in order:
+            shift = r % len(runners)
+            for runner in runners[shift:] + runners[:shift]:
                 if runner in row["errors"]:
                     continue
-                result = run_cold_child(case, runner)
+                result = run_cold_child(case, runner, compare)
                 if "error" in result:
                     row["errors"][runner] = result["error"]
                 else:
                     row["runs"][runner].append(result)
         summarize_cold(row)
         rows.append(row)
+        ratios = row["ratios"].get("tfk", {})
         print(
-            f"cold {case.name}: first step tfk/keras {_fmt_ratio(row['first_step_ratio'])}, "
-            f"after the imports {_fmt_ratio(row['after_import_ratio'])}",
+            f"cold {case.name}: first step tfk/keras {_fmt_ratio(ratios.get('first_step'))}, "
+            f"after the imports {_fmt_ratio(ratios.get('after_import'))}",
             flush=True,
         )
     return rows
 
 
+def _since_import(run: dict, clock: str) -> float:
+    return run["marks"]["first_step"][clock] - run["marks"]["import"][clock]
+
+
 def summarize_cold(row: dict[str, Any]) -> None:
-    """Medians per runner and mark; ratios (keras time / tfk time, like the other
-    tables: above 1 means tfk is faster) within each round, then the median."""
+    """Medians per runner and mark; ratios (keras time / runner time, like the other
+    tables: above 1 means faster than Keras) within each round, then the median."""
     runs = row["runs"]
     medians: dict[str, dict[str, float]] = {}
-    for runner in COLD_RUNNERS:
+    for runner in row["runners"]:
         if not runs[runner]:
             continue
         medians[runner] = {}
@@ -1077,64 +1112,74 @@ def summarize_cold(row: dict[str, Any]) -> None:
                 )
         for clock in ("wall", "cpu"):
             medians[runner][f"after_import_{clock}"] = statistics.median(
-                r["marks"]["first_step"][clock] - r["marks"]["import"][clock] for r in runs[runner]
+                _since_import(r, clock) for r in runs[runner]
             )
     row["median_s"] = medians
 
-    def ratio(value: Callable[[dict], float]) -> float | None:
-        n = min(len(runs["tfk"]), len(runs["keras"]))
-        if not n or row["errors"]:
-            return None
-        return statistics.median(value(runs["keras"][i]) / value(runs["tfk"][i]) for i in range(n))
-
-    row["first_step_ratio"] = ratio(lambda r: r["marks"]["first_step"]["wall"])
-    row["first_step_ratio_cpu"] = ratio(lambda r: r["marks"]["first_step"]["cpu"])
-    row["fit_end_ratio"] = ratio(lambda r: r["marks"]["fit_end"]["wall"])
-    row["after_import_ratio"] = ratio(
-        lambda r: r["marks"]["first_step"]["wall"] - r["marks"]["import"]["wall"]
-    )
-    row["after_import_ratio_cpu"] = ratio(
-        lambda r: r["marks"]["first_step"]["cpu"] - r["marks"]["import"]["cpu"]
-    )
-
-
-COLD_HEADER = (
-    "| case | imports s (tfk / keras) | first step s (tfk / keras) | first step CPU s "
-    "(tfk / keras) | import to first step s (tfk / keras) | end of fit s (tfk / keras) "
-    "| first step tfk/keras | first step tfk/keras CPU | import to first step tfk/keras "
-    "| end of fit tfk/keras |"
-)
-
-
-def _cold_pair(row: dict[str, Any], key: str) -> str:
-    m = row["median_s"]
-    return " / ".join(
-        "fails" if k in row["errors"] or k not in m else f"{m[k][key]:.2f}" for k in COLD_RUNNERS
-    )
+    measures: dict[str, Callable[[dict], float]] = {
+        "first_step": lambda r: r["marks"]["first_step"]["wall"],
+        "first_step_cpu": lambda r: r["marks"]["first_step"]["cpu"],
+        "after_import": lambda r: _since_import(r, "wall"),
+        "after_import_cpu": lambda r: _since_import(r, "cpu"),
+        "fit_end": lambda r: r["marks"]["fit_end"]["wall"],
+    }
+    row["ratios"] = {}
+    for runner in row["runners"]:
+        n = min(len(runs[runner]), len(runs["keras"]))
+        if runner == "keras" or not n or runner in row["errors"] or "keras" in row["errors"]:
+            continue
+        row["ratios"][runner] = {
+            name: statistics.median(
+                value(runs["keras"][i]) / value(runs[runner][i]) for i in range(n)
+            )
+            for name, value in measures.items()
+        }
 
 
 def cold_table(rows: list[dict[str, Any]]) -> str:
-    lines = [COLD_HEADER, "|" + "---|" * (COLD_HEADER.count(" | ") + 1)]
+    runners = rows[0]["runners"] if rows else list(COLD_RUNNERS)
+    names = " / ".join(runners)
+    vs = [k for k in runners if k != "keras"]
+    header = (
+        f"| case | imports s ({names}) | first step s ({names}) | first step CPU s ({names}) "
+        f"| import to first step s ({names}) | end of fit s ({names}) "
+        + "".join(
+            f"| first step keras/{k} | CPU keras/{k} | import to first step keras/{k} "
+            f"| end of fit keras/{k} "
+            for k in vs
+        )
+        + "|"
+    )
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for row in rows:
+        m = row["median_s"]
 
-        def pair(key: str, row: dict[str, Any] = row) -> str:
-            return _cold_pair(row, key)
+        def cells(key: str, row: dict[str, Any] = row, m: dict = m) -> str:
+            return " / ".join(
+                "fails" if k in row["errors"] or k not in m else f"{m[k][key]:.2f}"
+                for k in row["runners"]
+            )
 
         c = row["case"]
         label = c["name"] + (
             f" (validation_split={c['validation_split']})" if c["validation_split"] else ""
         )
-        lines.append(
-            f"| {label} | {pair('import_wall')} | {pair('first_step_wall')} "
-            f"| {pair('first_step_cpu')} | {pair('after_import_wall')} | {pair('fit_end_wall')} "
-            f"| {_fmt_ratio(row['first_step_ratio'])} | {_fmt_ratio(row['first_step_ratio_cpu'])} "
-            f"| {_fmt_ratio(row['after_import_ratio'])} | {_fmt_ratio(row['fit_end_ratio'])} |"
+        line = (
+            f"| {label} | {cells('import_wall')} | {cells('first_step_wall')} "
+            f"| {cells('first_step_cpu')} | {cells('after_import_wall')} | {cells('fit_end_wall')} "
         )
+        for k in vs:
+            r = row["ratios"].get(k, {})
+            line += "".join(
+                f"| {_fmt_ratio(r.get(name))} "
+                for name in ("first_step", "first_step_cpu", "after_import", "fit_end")
+            )
+        lines.append(line + "|")
     return "\n".join(lines)
 
 
 def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    versions = next((r["runs"][k][0] for r in rows for k in COLD_RUNNERS if r["runs"][k]), {})
+    versions = next((r["runs"][k][0] for r in rows for k in r["runners"] if r["runs"][k]), {})
     parts = [
         "# tfk_trainer cold-start results",
         "",
@@ -1145,8 +1190,9 @@ def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"at start {meta['load_start'][0]:.2f}, at end {meta['load_end'][0]:.2f}. "
         f"{meta['rounds']} fresh processes per runner and case; total {meta['elapsed_s']:.0f} s.",
         "",
-        "Times from the spawn of the interpreter; ratios are keras time / tfk time "
-        "(above 1.00x: tfk is faster), medians of per-round ratios.",
+        "Times from the spawn of the interpreter (medians); ratios are keras time / runner "
+        "time (above 1.00x: faster than Keras), medians of per-round ratios."
+        + (f" `{COLD_BASE}`: tfk_trainer from {meta['compare']}." if meta.get("compare") else ""),
         "",
         cold_table(rows),
     ]
@@ -1159,12 +1205,18 @@ def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 def cold_main() -> None:
     names = FLAGS.cold_cases or list(COLD_CASES)
     rounds = FLAGS.cold_rounds or (3 if FLAGS.quick else 5)
+    compare = os.path.abspath(FLAGS.cold_compare) if FLAGS.cold_compare else None
+    if compare and not os.path.isdir(os.path.join(compare, "tfk_trainer")):
+        raise app.UsageError(f"--cold_compare: {compare!r} holds no tfk_trainer package.")
+    for root in [_ROOT] + ([compare] if compare else []):
+        byte_compile(root)
     started, load_start = time.perf_counter(), os.getloadavg()
     print(f"Cold start: {len(names)} cases, {rounds} rounds, fresh processes", flush=True)
-    rows = measure_cold([COLD_CASES[n] for n in names], rounds)
+    rows = measure_cold([COLD_CASES[n] for n in names], rounds, compare)
     meta = {
         "command": " ".join(["python", "tools/benchmark.py", *sys.argv[1:]]),
         "rounds": rounds,
+        "compare": compare,
         "load_start": load_start,
         "load_end": os.getloadavg(),
         "elapsed_s": time.perf_counter() - started,

@@ -1142,10 +1142,11 @@ def cold_table(rows: list[dict[str, Any]]) -> str:
     vs = [k for k in runners if k != "keras"]
     header = (
         f"| case | imports s ({names}) | first step s ({names}) | first step CPU s ({names}) "
-        f"| import to first step s ({names}) | end of fit s ({names}) "
+        f"| import to first step s ({names}) | import to first step CPU s ({names}) "
+        f"| end of fit s ({names}) "
         + "".join(
-            f"| first step keras/{k} | CPU keras/{k} | import to first step keras/{k} "
-            f"| end of fit keras/{k} "
+            f"| first step keras/{k} | import to first step keras/{k} "
+            f"| import to first step CPU keras/{k} | end of fit keras/{k} "
             for k in vs
         )
         + "|"
@@ -1166,13 +1167,14 @@ def cold_table(rows: list[dict[str, Any]]) -> str:
         )
         line = (
             f"| {label} | {cells('import_wall')} | {cells('first_step_wall')} "
-            f"| {cells('first_step_cpu')} | {cells('after_import_wall')} | {cells('fit_end_wall')} "
+            f"| {cells('first_step_cpu')} | {cells('after_import_wall')} "
+            f"| {cells('after_import_cpu')} | {cells('fit_end_wall')} "
         )
         for k in vs:
             r = row["ratios"].get(k, {})
             line += "".join(
                 f"| {_fmt_ratio(r.get(name))} "
-                for name in ("first_step", "first_step_cpu", "after_import", "fit_end")
+                for name in ("first_step", "after_import", "after_import_cpu", "fit_end")
             )
         lines.append(line + "|")
     return "\n".join(lines)

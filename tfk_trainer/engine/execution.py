@@ -20,9 +20,10 @@ asked.
 Autograph: the loops are written with `tf.while_loop`/`tf.cond`, and the
 engine's step code has Python control flow only on Python values, so
 neither needs autograph. It is used only when the step runs user code that
-it converted before (and Keras would not): an override of a step hook, a
-network that is not a Keras layer, a loss or metric class, or a loss
-function, defined outside Keras and tfk_trainer (`Model._step_autograph`).
+autograph converts: an override of a step hook, a network that is not a
+Keras layer, or a loss class, loss function or metric class defined outside
+Keras and the engine (`Model._step_autograph`; Keras itself is never
+converted, by Keras's fit either).
 Converting the engine's own functions cost seconds of a fresh process's
 first `fit()` (docs/benchmarks.md, "Cold start") and built the same graph.
 

@@ -102,3 +102,25 @@ def test_rejects_unknown_flag_values():
     proc = _run("--workloads=nope")
     assert proc.returncode != 0
     assert "unknown value" in proc.stderr
+
+
+def test_cold_start_runs_each_runner_in_a_fresh_process(tmp_path):
+    output = tmp_path / "cold.json"
+    proc = _run("--cold", "--cold_cases=mlp", "--cold_rounds=1", f"--output={output}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| case | imports s (tfk / keras) |" in proc.stdout
+    assert "| mlp |" in proc.stdout
+    (row,) = json.loads(output.read_text())["cold"]
+    assert row["errors"] == {}
+    for kind in ("tfk", "keras"):
+        (run,) = row["runs"][kind]  # one fresh process (the child checks its step count)
+        marks = run["marks"]
+        assert 0 < marks["import"]["wall"] < marks["first_step"]["wall"] <= marks["fit_end"]["wall"]
+        assert marks["first_step"]["cpu"] > 0
+    assert row["ratios"]["tfk"]["first_step"] > 0
+
+
+def test_cold_rejects_unknown_cases():
+    proc = _run("--cold", "--cold_cases=nope")
+    assert proc.returncode != 0
+    assert "unknown value" in proc.stderr

@@ -102,7 +102,12 @@ class _Executor:
         strategy = model.distribute_strategy
         self.train = execution.CompiledFunction(
             lambda j, exact: execution.make_step_loop(
-                strategy, model.train_step, jit=j, run_eagerly=run_eagerly, exact=exact
+                strategy,
+                model.train_step,
+                jit=j,
+                run_eagerly=run_eagerly,
+                exact=exact,
+                autograph=model._step_autograph(),
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
@@ -110,7 +115,12 @@ class _Executor:
         )
         self.test = execution.CompiledFunction(
             lambda j, exact: execution.make_step_loop(
-                strategy, model.test_step, jit=j, run_eagerly=run_eagerly, exact=exact
+                strategy,
+                model.test_step,
+                jit=j,
+                run_eagerly=run_eagerly,
+                exact=exact,
+                autograph=model._step_autograph(),
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
@@ -124,6 +134,7 @@ class _Executor:
                 jit=j,
                 run_eagerly=run_eagerly,
                 exact=exact,
+                autograph=model._step_autograph(),
             ),
             jit_compile=jit,
             allow_fallback=allow_fallback,
@@ -133,6 +144,18 @@ class _Executor:
         # few eager reads cost less than a traced function per model (and TF's
         # retracing detector would warn once a process has built five models).
         self.read_logs = model._metric_results
+
+
+# Model methods a step calls that a subclass may override.
+_STEP_HOOKS = (
+    "train_step",
+    "test_step",
+    "predict_step",
+    "compute_loss",
+    "compute_metrics",
+    "call",
+    "__call__",
+)
 
 
 def _accepts_training(fn: Any) -> bool:
@@ -635,6 +658,34 @@ class Model(ModelSurface, tf.Module):
             cls.train_step is Model.train_step
             and cls.test_step is Model.test_step
             and cls.compute_loss is Model.compute_loss
+        )
+
+    def _step_autograph(self) -> bool:
+        """Whether the compiled steps are traced with autograph.
+
+        Only when a step runs user code that autograph converts: an override
+        of a step hook (`train_step`, `compute_loss`, `call`, ...), a network
+        that is not a Keras layer (a `tf.Module`, a function), or a loss,
+        loss function or metric class defined outside Keras and the engine.
+        Keras layers are never converted (autograph skips Keras, as Keras's
+        own fit does), and the engine's step code has no Python control flow
+        on tensors: converting it built the same graph and cost seconds of a
+        fresh process's first step. Asked when a compiled function is first
+        built, so the compiled losses and metrics are known.
+        """
+        cls = type(self)
+        if not all(execution.library_code(getattr(cls, name, None)) for name in _STEP_HOOKS):
+            return True
+        if self.network is not None and not isinstance(self.network, keras.layers.Layer):
+            return True
+        objectives = self._objectives
+        if objectives is None:
+            return False
+        if any(execution.loss_needs_autograph(o.loss) for o in objectives.outputs if o.loss):
+            return True
+        return not all(
+            execution.library_code(getattr(type(m.metric), "update_state", None))
+            for m in objectives.metrics
         )
 
     def _check_labels(self, adapter: Any, argument: str = "y") -> None:

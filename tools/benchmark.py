@@ -43,8 +43,25 @@ call is reported (absolute MB; a baseline process that builds only the data
 gives the floor). Where the reset is unavailable, the process peak
 (`getrusage`) is reported, TensorFlow's import included.
 
+Cold start (`--cold`, run alone): a newcomer's first `fit()` in a fresh
+process. For each case, each runner (`tfk`, `keras`; same network, same data,
+same compile arguments) runs in its own fresh interpreter (`python -c`), which
+records, from the moment the parent spawned it (so interpreter start and
+`import tensorflow` are included): the imports done, the end of the first
+optimizer step (a callback's `on_train_batch_end` for batch 0) and the end of
+`fit()`, in wall clock and in process CPU time. Rounds alternate the runners'
+order; medians and per-round ratios are reported. The networks are defined
+again in the child script, so a child imports nothing but NumPy, TensorFlow,
+Keras and (for `tfk`) tfk_trainer, which is byte-compiled first (as `pip
+install` does). `--cold_compare=DIR` adds a third runner, `base`: tfk_trainer
+imported from another checkout (an older commit), interleaved in the same
+rounds, for before/after tables on a noisy machine.
+
 Usage:
   .venv/bin/python tools/benchmark.py --quick
+  .venv/bin/python tools/benchmark.py --cold --cold_rounds=5
+  git worktree add /tmp/before HEAD~3
+  .venv/bin/python tools/benchmark.py --cold --cold_compare=/tmp/before
   .venv/bin/python tools/benchmark.py --rounds=7 --output=/tmp/bench.md
   .venv/bin/python tools/benchmark.py --workloads=tiny_mlp --inputs=numpy \\
       --spe=1,16,128 --modes=fit,predict --product
@@ -113,6 +130,22 @@ flags.DEFINE_string(
     "output", None, "Also write the results here: JSON if the name ends in .json, else markdown."
 )
 flags.DEFINE_string("memory_child", None, "Internal: run one runner of one row and print its RSS.")
+flags.DEFINE_bool(
+    "cold",
+    False,
+    "Run only the cold-start section: each runner's first fit() in a fresh interpreter, "
+    "timed from the spawn to the first optimizer step and to the end of fit().",
+)
+flags.DEFINE_string(
+    "cold_compare",
+    None,
+    "With --cold: also time tfk_trainer imported from this other checkout (e.g. a `git "
+    "worktree` of an older commit), as a third runner `base`, interleaved in the same rounds.",
+)
+flags.DEFINE_list("cold_cases", None, "Only these cold-start cases (default: all of COLD_CASES).")
+flags.DEFINE_integer(
+    "cold_rounds", None, "Fresh processes per runner and case (default 3 with --quick, else 5)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +258,13 @@ def check_flag_values() -> None:
     for value in FLAGS.spe or []:
         if not value.isdigit() or int(value) < 1:
             raise app.UsageError(f"--spe: {value!r} is not a positive int.")
+    for value in FLAGS.cold_cases or []:
+        if value not in COLD_CASES:
+            raise app.UsageError(
+                f"--cold_cases: unknown value {value!r}; choose from {tuple(COLD_CASES)}."
+            )
+    if FLAGS.cold_rounds is not None and FLAGS.cold_rounds < 1:
+        raise app.UsageError("--cold_rounds must be >= 1.")
     if FLAGS.rounds is not None and FLAGS.rounds < 1:
         raise app.UsageError("--rounds must be >= 1.")
     if FLAGS.steps is not None and FLAGS.steps < 1:
@@ -875,6 +915,327 @@ def measure_memory(rows: list[dict[str, Any]]) -> None:
             row.setdefault("memory", {"baseline": base.get(workload, {})})[kind] = result
 
 
+# -- cold start (a fresh interpreter per runner) -------------------------------------
+
+# The child: everything a newcomer's script does, timed from the parent's spawn.
+# argv: the case (JSON) and the parent's time.monotonic() just before the spawn
+# (CLOCK_MONOTONIC is system-wide on Linux, so both processes read the same clock).
+COLD_CHILD = r"""
+import json, os, resource, sys, time
+
+SPAWNED = float(sys.argv[2])
+spec = json.loads(sys.argv[1])
+
+
+def stamp():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": time.monotonic() - SPAWNED, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+marks = {"start": stamp()}
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
+import tensorflow as tf
+import keras
+
+if spec["runner"] == "tfk":
+    import tfk_trainer as tfk
+marks["import"] = stamp()
+
+if spec["network"] == "cnn":
+    layers = [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ]
+    shape = (28, 28, 1)
+else:
+    layers = [
+        keras.Input((784,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+    shape = (784,)
+steps, batch, split = spec["steps"], spec["batch"], spec["validation_split"]
+n = round(steps * batch / (1.0 - split))
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, *shape), dtype=np.float32)
+y = rng.integers(0, 10, size=(n,), dtype=np.int32)
+keras.utils.set_random_seed(0)
+net = keras.Sequential(layers)
+model = tfk.Model(net) if spec["runner"] == "tfk" else net
+model.compile(
+    optimizer="adam",
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    metrics=["accuracy"],
+)
+marks["compiled"] = stamp()
+
+
+class FirstStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if "first_step" not in marks:
+            marks["first_step"] = stamp()
+
+
+history = model.fit(
+    x, y, batch_size=batch, epochs=1, verbose=0, validation_split=split, callbacks=[FirstStep()]
+)
+marks["fit_end"] = stamp()
+done = int(model.optimizer.iterations.numpy())
+if done != steps:
+    raise AssertionError(f"{spec['runner']} fit ran {done} optimizer steps, not {steps}")
+if split and "val_loss" not in history.history:
+    raise AssertionError(f"{spec['runner']} fit did not validate: {history.history}")
+print(
+    "COLD_RESULT "
+    + json.dumps({"marks": marks, "tensorflow": tf.__version__, "keras": keras.__version__}),
+    flush=True,
+)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdCase:
+    name: str
+    network: str  # "cnn" or "mlp" (the cnn and fashion_mlp workloads' networks)
+    validation_split: float = 0.0
+    steps: int = 4
+    batch: int = 32
+
+
+COLD_CASES = {
+    c.name: c
+    for c in (
+        ColdCase("cnn", "cnn"),
+        ColdCase("cnn_val", "cnn", validation_split=0.2),
+        ColdCase("mlp", "mlp"),
+        ColdCase("mlp_val", "mlp", validation_split=0.2),
+    )
+}
+COLD_RUNNERS = ("tfk", "keras")
+COLD_BASE = "base"  # --cold_compare: tfk_trainer imported from another checkout
+COLD_MARKS = ("import", "first_step", "fit_end")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def byte_compile(root: str) -> None:
+    """Byte-compiles `root`/tfk_trainer, as `pip install` does: Python reads the
+    `.pyc` files even under PYTHONDONTWRITEBYTECODE, so no child spends its
+    import compiling the package's sources (TF's and Keras's are compiled at
+    install time)."""
+    import compileall
+
+    compileall.compile_dir(os.path.join(root, "tfk_trainer"), quiet=1)
+
+
+def run_cold_child(case: ColdCase, runner: str, compare: str | None = None) -> dict[str, Any]:
+    """One fresh interpreter: `{"marks": {mark: {"wall", "cpu"}}}`, or `{"error": ...}`."""
+    spec = json.dumps(
+        {**dataclasses.asdict(case), "runner": "tfk" if runner == COLD_BASE else runner}
+    )
+    env = dict(os.environ)
+    root = compare if runner == COLD_BASE else _ROOT
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    spawned = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", COLD_CHILD, spec, repr(spawned)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("COLD_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return {"error": f"child exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(line[len("COLD_RESULT ") :])
+
+
+def measure_cold(
+    cases: list[ColdCase], rounds: int, compare: str | None = None
+) -> list[dict[str, Any]]:
+    """Per case, `rounds` fresh processes per runner, the order rotating each round."""
+    runners = COLD_RUNNERS + ((COLD_BASE,) if compare else ())
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {
+            "case": dataclasses.asdict(case),
+            "runners": list(runners),
+            "runs": {k: [] for k in runners},
+            "errors": {},
+        }
+        for r in range(rounds):
+            shift = r % len(runners)
+            for runner in runners[shift:] + runners[:shift]:
+                if runner in row["errors"]:
+                    continue
+                result = run_cold_child(case, runner, compare)
+                if "error" in result:
+                    row["errors"][runner] = result["error"]
+                else:
+                    row["runs"][runner].append(result)
+        summarize_cold(row)
+        rows.append(row)
+        ratios = row["ratios"].get("tfk", {})
+        print(
+            f"cold {case.name}: first step tfk/keras {_fmt_ratio(ratios.get('first_step'))}, "
+            f"after the imports {_fmt_ratio(ratios.get('after_import'))}",
+            flush=True,
+        )
+    return rows
+
+
+def _since_import(run: dict, clock: str) -> float:
+    return run["marks"]["first_step"][clock] - run["marks"]["import"][clock]
+
+
+def summarize_cold(row: dict[str, Any]) -> None:
+    """Medians per runner and mark; ratios (keras time / runner time, like the other
+    tables: above 1 means faster than Keras) within each round, then the median."""
+    runs = row["runs"]
+    medians: dict[str, dict[str, float]] = {}
+    for runner in row["runners"]:
+        if not runs[runner]:
+            continue
+        medians[runner] = {}
+        for mark in COLD_MARKS:
+            for clock in ("wall", "cpu"):
+                medians[runner][f"{mark}_{clock}"] = statistics.median(
+                    r["marks"][mark][clock] for r in runs[runner]
+                )
+        for clock in ("wall", "cpu"):
+            medians[runner][f"after_import_{clock}"] = statistics.median(
+                _since_import(r, clock) for r in runs[runner]
+            )
+    row["median_s"] = medians
+
+    measures: dict[str, Callable[[dict], float]] = {
+        "first_step": lambda r: r["marks"]["first_step"]["wall"],
+        "first_step_cpu": lambda r: r["marks"]["first_step"]["cpu"],
+        "after_import": lambda r: _since_import(r, "wall"),
+        "after_import_cpu": lambda r: _since_import(r, "cpu"),
+        "fit_end": lambda r: r["marks"]["fit_end"]["wall"],
+    }
+    row["ratios"] = {}
+    for runner in row["runners"]:
+        n = min(len(runs[runner]), len(runs["keras"]))
+        if runner == "keras" or not n or runner in row["errors"] or "keras" in row["errors"]:
+            continue
+        row["ratios"][runner] = {
+            name: statistics.median(
+                value(runs["keras"][i]) / value(runs[runner][i]) for i in range(n)
+            )
+            for name, value in measures.items()
+        }
+
+
+def cold_table(rows: list[dict[str, Any]]) -> str:
+    runners = rows[0]["runners"] if rows else list(COLD_RUNNERS)
+    names = " / ".join(runners)
+    vs = [k for k in runners if k != "keras"]
+    header = (
+        f"| case | imports s ({names}) | first step s ({names}) | first step CPU s ({names}) "
+        f"| import to first step s ({names}) | import to first step CPU s ({names}) "
+        f"| end of fit s ({names}) "
+        + "".join(
+            f"| first step keras/{k} | import to first step keras/{k} "
+            f"| import to first step CPU keras/{k} | end of fit keras/{k} "
+            for k in vs
+        )
+        + "|"
+    )
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
+    for row in rows:
+        m = row["median_s"]
+
+        def cells(key: str, row: dict[str, Any] = row, m: dict = m) -> str:
+            return " / ".join(
+                "fails" if k in row["errors"] or k not in m else f"{m[k][key]:.2f}"
+                for k in row["runners"]
+            )
+
+        c = row["case"]
+        label = c["name"] + (
+            f" (validation_split={c['validation_split']})" if c["validation_split"] else ""
+        )
+        line = (
+            f"| {label} | {cells('import_wall')} | {cells('first_step_wall')} "
+            f"| {cells('first_step_cpu')} | {cells('after_import_wall')} "
+            f"| {cells('after_import_cpu')} | {cells('fit_end_wall')} "
+        )
+        for k in vs:
+            r = row["ratios"].get(k, {})
+            line += "".join(
+                f"| {_fmt_ratio(r.get(name))} "
+                for name in ("first_step", "after_import", "after_import_cpu", "fit_end")
+            )
+        lines.append(line + "|")
+    return "\n".join(lines)
+
+
+def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    versions = next((r["runs"][k][0] for r in rows for k in r["runners"] if r["runs"][k]), {})
+    parts = [
+        "# tfk_trainer cold-start results",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, TensorFlow "
+        f"{versions.get('tensorflow', '?')}, Keras {versions.get('keras', '?')}. Load average "
+        f"at start {meta['load_start'][0]:.2f}, at end {meta['load_end'][0]:.2f}. "
+        f"{meta['rounds']} fresh processes per runner and case; total {meta['elapsed_s']:.0f} s.",
+        "",
+        "Times from the spawn of the interpreter (medians); ratios are keras time / runner "
+        "time (above 1.00x: faster than Keras), medians of per-round ratios."
+        + (f" `{COLD_BASE}`: tfk_trainer from {meta['compare']}." if meta.get("compare") else ""),
+        "",
+        cold_table(rows),
+    ]
+    errors = [f"- {r['case']['name']}, {k}: {e}" for r in rows for k, e in r["errors"].items()]
+    if errors:
+        parts += ["", "Runners that failed:", "", *errors]
+    return "\n".join(parts) + "\n"
+
+
+def cold_main() -> None:
+    names = FLAGS.cold_cases or list(COLD_CASES)
+    rounds = FLAGS.cold_rounds or (3 if FLAGS.quick else 5)
+    compare = os.path.abspath(FLAGS.cold_compare) if FLAGS.cold_compare else None
+    if compare and not os.path.isdir(os.path.join(compare, "tfk_trainer")):
+        raise app.UsageError(f"--cold_compare: {compare!r} holds no tfk_trainer package.")
+    for root in [_ROOT] + ([compare] if compare else []):
+        byte_compile(root)
+    started, load_start = time.perf_counter(), os.getloadavg()
+    print(f"Cold start: {len(names)} cases, {rounds} rounds, fresh processes", flush=True)
+    rows = measure_cold([COLD_CASES[n] for n in names], rounds, compare)
+    meta = {
+        "command": " ".join(["python", "tools/benchmark.py", *sys.argv[1:]]),
+        "rounds": rounds,
+        "compare": compare,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    text = cold_markdown(meta, rows)
+    print()
+    print(text, flush=True)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            if FLAGS.output.endswith(".json"):
+                json.dump({"meta": meta, "cold": rows}, f, indent=1)
+            else:
+                f.write(text)
+    if any(r["errors"] for r in rows):
+        sys.exit(1)
+
+
 # -- targets and report ------------------------------------------------------------
 
 
@@ -1089,6 +1450,9 @@ def main(argv: list[str]) -> None:
         memory_child(FLAGS.memory_child)
         return
     check_flag_values()
+    if FLAGS.cold:
+        cold_main()
+        return
     configs = select_matrix()
     if not configs:
         raise app.UsageError("The flags select no measurement.")

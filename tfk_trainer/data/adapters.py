@@ -19,6 +19,10 @@ from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
+# The pipeline's map functions use Python control flow on static values only:
+# traced without autograph, which tf.data would otherwise apply to each of them
+# (a conversion per function per process, paid before the first step).
+_plain = tf.autograph.experimental.do_not_convert
 
 
 class ArrayAdapter(DataAdapter):
@@ -142,7 +146,7 @@ class ArrayAdapter(DataAdapter):
             )
             batches = tf.data.Dataset.from_tensor_slices(
                 tf.gather(tf.reshape(indices[:full], [-1, bs]), order)
-            ).map(lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1))
+            ).map(_plain(lambda b: tf.random.experimental.stateless_shuffle(b, seed=seed + 1)))
         if full < n and self._static != "drop":
             tail = indices[full:]
             missing = bs - (n - full)
@@ -179,7 +183,7 @@ class ArrayAdapter(DataAdapter):
         full = n // bs
         groups = batches.take(full).batch(group)
         if full * bs < n:  # the partial last batch, as a group of one
-            groups = groups.concatenate(batches.skip(full).map(lambda b: b[tf.newaxis]))
+            groups = groups.concatenate(batches.skip(full).map(_plain(lambda b: b[tf.newaxis])))
         return groups
 
     def _tensors(self) -> tuple:
@@ -237,6 +241,7 @@ class ArrayAdapter(DataAdapter):
 
         static, bs = self._static, self._batch_size
 
+        @_plain
         def gather(idx, arrays):
             rows = tf.maximum(idx, 0)
             batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
@@ -287,7 +292,7 @@ class DatasetAdapter(DataAdapter):
             for part in spec:
                 structure.check_not_namedtuple(part, "x")
         else:
-            dataset = dataset.map(lambda *x: (x[0] if len(x) == 1 else x,))
+            dataset = dataset.map(_plain(lambda *x: (x[0] if len(x) == 1 else x,)))
         self._dataset = dataset
         self._class_weight = class_weight
         if class_weight is not None and (not isinstance(spec, tuple) or len(spec) < 2):

@@ -76,6 +76,7 @@ def apply_to_dataset(dataset: tf.data.Dataset, class_weight: dict) -> tf.data.Da
         )
     table = _weight_table(class_weight)
 
+    @tf.autograph.experimental.do_not_convert  # static Python only
     def add_weights(*element):
         x, y = element[0], element[1]
         weights = sample_weights_for(y, table)

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfk_trainer import compat
+from tfk_trainer.engine import execution
 
 
 def describe_spec(spec: Any) -> str:
@@ -143,8 +144,11 @@ def check_targets_fit_losses(objectives: Any, y_spec: Any, output_structure: Any
         def call(yt, yp, loss=loss, dtype=dtype):
             return loss.call(tf.cast(yt, dtype), tf.cast(yp, dtype))
 
+        # Traced as the step traces it: with autograph only for a loss the step
+        # converts (a loss with Python control flow on tensors needs it).
+        autograph = execution.loss_needs_autograph(loss)
         try:
-            tf.function(call, autograph=False).get_concrete_function(y_true, y_pred)
+            tf.function(call, autograph=autograph).get_concrete_function(y_true, y_pred)
         except (ValueError, tf.errors.InvalidArgumentError) as e:
             where = f" for the output {output.name!r}" if objectives.num_outputs > 1 else ""
             raise ValueError(

@@ -17,6 +17,16 @@ Logs are not returned: metric variables stay on the device and `read_logs`
 reads them (in cross-replica context, which sums replica states) only when
 asked.
 
+Autograph: the loops are written with `tf.while_loop`/`tf.cond`, and the
+engine's step code has Python control flow only on Python values, so
+neither needs autograph. It is used only when the step runs user code that
+autograph converts: an override of a step hook, a network that is not a
+Keras layer, or a loss class, loss function or metric class defined outside
+Keras and the engine (`Model._step_autograph`; Keras itself is never
+converted, by Keras's fit either).
+Converting the engine's own functions cost seconds of a fresh process's
+first `fit()` (docs/benchmarks.md, "Cold start") and built the same graph.
+
 XLA: the per-replica step is a nested `tf.function(jit_compile=True)`; the
 loop and the iterator stay outside XLA, which cannot compile them. Under
 TPUStrategy the whole replica function is compiled by the TPU anyway.
@@ -76,6 +86,31 @@ def resolve_jit_compile(
     if multi_replica:
         return False
     return bool(tf.config.list_logical_devices("GPU"))
+
+
+_LIBRARIES = ("keras", "tf_keras", "tensorflow")
+# The engine's step code (the Model's steps and loss arithmetic, compile's loss
+# wrapper); other tfk_trainer modules (the binary's models) count as user code.
+_ENGINE_MODULES = ("tfk_trainer.model", "tfk_trainer.compile")
+
+
+def library_code(fn: Any) -> bool:
+    """`fn` is Keras's or TensorFlow's (which autograph never converts) or the
+    engine's step code (which has no Python control flow on tensors)."""
+    module = getattr(fn, "__module__", None) or ""
+    return module in _ENGINE_MODULES or module.split(".")[0] in _LIBRARIES
+
+
+def loss_needs_autograph(loss: Any) -> bool:
+    """A loss whose code autograph would convert inside a step: a `Loss` subclass
+    with its own `call`, or a user function wrapped by compile's `FunctionLoss`
+    (Keras's own wrapper is never converted, nor the function it calls)."""
+    call = getattr(type(loss), "call", None)
+    if not library_code(call):
+        return True
+    fn = getattr(loss, "fn", None)
+    wrapped_by_engine = getattr(call, "__module__", None) in _ENGINE_MODULES
+    return wrapped_by_engine and fn is not None and not library_code(fn)
 
 
 class XlaFallback(Exception):
@@ -162,11 +197,11 @@ class CompiledFunction:
         return out
 
 
-def _step_fn(fn: Callable, jit: bool, run_eagerly: bool) -> Callable:
+def _step_fn(fn: Callable, jit: bool, run_eagerly: bool, autograph: bool = True) -> Callable:
     if run_eagerly:
         return fn
     if jit:
-        return tf.function(fn, jit_compile=True, reduce_retracing=True)
+        return tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=autograph)
     return fn
 
 
@@ -177,10 +212,17 @@ def make_step_loop(
     jit: bool,
     run_eagerly: bool,
     exact: bool = False,
+    autograph: bool = True,
 ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
     """`(iterator, num_steps) -> steps_run`: up to `num_steps` replica steps
-    (exactly `num_steps` with `exact`, where the iterator must hold them)."""
-    step = _step_fn(replica_fn, jit, run_eagerly)
+    (exactly `num_steps` with `exact`, where the iterator must hold them).
+
+    `autograph=False` traces the step as plain Python: for steps made only of
+    code without Python control flow on tensors (the engine's own, Keras's).
+    Autograph rewrites every function the step calls, once per process, which
+    costs seconds of the first step in a fresh process (see module docstring).
+    """
+    step = _step_fn(replica_fn, jit, run_eagerly, autograph)
 
     def exact_steps(iterator, num_steps):
         def body(i):
@@ -220,7 +262,7 @@ def make_step_loop(
     loop = exact_steps if exact else multi_step
     if run_eagerly:
         return loop
-    return tf.function(loop, reduce_retracing=True)
+    return tf.function(loop, reduce_retracing=True, autograph=autograph)
 
 
 def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tensor:
@@ -238,6 +280,7 @@ def make_predict_loop(
     jit: bool,
     run_eagerly: bool,
     exact: bool = False,
+    autograph: bool = True,
 ) -> Callable[[Any, tf.Tensor], tuple[tf.Tensor, Any]]:
     """`(iterator, num_steps) -> (steps_run, outputs)`, outputs gathered in the graph.
 
@@ -246,7 +289,7 @@ def make_predict_loop(
     and written to a TensorArray; one execution returns one concatenated
     array per output leaf. Across workers (MultiWorkerMirroredStrategy) the
     outputs are all-gathered, so every worker returns every prediction, in
-    input order. `exact`: as in `make_step_loop`.
+    input order. `exact`, `autograph`: as in `make_step_loop`.
     """
     gather_across_workers = distribute.is_multi_worker(strategy)
     if gather_across_workers:
@@ -257,7 +300,7 @@ def make_predict_loop(
             ctx = tf.distribute.get_replica_context()
             return tf.nest.map_structure(lambda o: _all_gather(ctx, o), outputs)
 
-    step = _step_fn(replica_fn, jit, run_eagerly)
+    step = _step_fn(replica_fn, jit, run_eagerly, autograph)
     dtypes = tf.nest.map_structure(lambda spec: spec.dtype, output_structure)
 
     def predict_one(data, i, arrays):
@@ -328,4 +371,4 @@ def make_predict_loop(
     loop = exact_steps if exact else multi_step
     if run_eagerly:
         return loop
-    return tf.function(loop, reduce_retracing=True)
+    return tf.function(loop, reduce_retracing=True, autograph=autograph)

@@ -426,12 +426,6 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
     chief = tfk.distribute.is_chief(strategy)
     done = ckpt_lib.read_done_marker(model_dir)
     already_done = bool(done) and ckpt_lib.latest(paths.checkpoints) is not None
-    if chief:
-        os.makedirs(model_dir, exist_ok=True)
-    summary_lib.write_json(paths.config, to_dict(config), strategy)
-    if not already_done:
-        ckpt_lib.remove_done_marker(model_dir, strategy)
-
     splits = load_data(config)
     print(
         f"data {config.data.name!r}: input shape {tuple(splits.input_shape)}, "
@@ -439,6 +433,13 @@ def train(config: Any, model_dir: str, mode: str, started: float) -> int:
         flush=True,
     )
     model = build_model(config, splits, strategy)
+    # Written only once the data loaded and the model compiled, so a config that
+    # fails there (an unknown loss, a model key its builder rejects) leaves nothing.
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+    summary_lib.write_json(paths.config, to_dict(config), strategy)
+    if not already_done:
+        ckpt_lib.remove_done_marker(model_dir, strategy)
     saver = ckpt_lib.CheckpointSaver(
         paths.checkpoints, config.train.checkpoint_every_steps, config.train.checkpoints_to_keep
     )

@@ -336,8 +336,8 @@ class ModelSurface:
 
         strategy = self.distribute_strategy
         config.run_eagerly = value
-        self._jit = execution.resolve_jit_compile(config.jit_compile, strategy, value)
-        self._execution_lengths = ExecutionLengths(
+        self._state.jit = execution.resolve_jit_compile(config.jit_compile, strategy, value)
+        self._state.execution_lengths = ExecutionLengths(
             config.steps_per_execution,
             can_fold=not (value or distribute.is_multi_worker(strategy)),
         )
@@ -518,7 +518,7 @@ class ModelSurface:
             self._build_network(spec)
         from tfk_trainer import export as export_lib
 
-        written = export_lib.export(self, path)
+        written = export_lib.export(self, path, self._state.input_spec)
         if verbose is None or verbose:
             print(f"Saved artifact at '{path}'. Serving endpoint: signature 'serving_default'.")
         return written

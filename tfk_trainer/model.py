@@ -19,18 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer import compile as compile_lib
-from tfk_trainer import distribute
-from tfk_trainer.callbacks.base import CallbackList
 from tfk_trainer.callbacks.history import History
-from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
-from tfk_trainer.data import adapters as adapters_lib
 from tfk_trainer.data import static as static_lib
 from tfk_trainer.data import structure
-from tfk_trainer.engine import build, execution, fit_run, replica
+from tfk_trainer.engine import build, fit_run, replica, runs
 from tfk_trainer.engine import variables as variables_lib
-from tfk_trainer.engine.loop import Driver, EpochPlan, drop_padding, peer_unavailable
-from tfk_trainer.engine.run_state import EngineState, RunState
+from tfk_trainer.engine.run_state import EngineState
 from tfk_trainer.engine.tuning import ExecutionLengths
 from tfk_trainer.model_surface import ModelSurface, SequentialSurface
 
@@ -185,64 +179,6 @@ class Model(ModelSurface, tf.Module):
             out.extend(layer.losses)
         return out
 
-    def _static_mode(self, training: bool) -> str | None:
-        """The static-shape mode for a new adapter, or None for dynamic shapes."""
-        on = self.static_shapes
-        if on is None:
-            on = distribute.is_tpu(self.distribute_strategy)
-        if not on:
-            return None
-        return self.static_remainder if training else "pad"
-
-    def _progbar_verbose(self, verbose: int) -> int:
-        """Across workers, reading logs is a collective that every worker must join
-        together, so the bar cannot refresh on each worker's own clock: one line
-        per epoch instead."""
-        if verbose == 1 and distribute.is_multi_worker(self.distribute_strategy):
-            return 2
-        return verbose
-
-    def _run_guarded(self, loop: Any, *args, **kwargs) -> Any:
-        """Runs a driver loop; a lost cluster peer becomes a clear `PeerUnavailableError`
-        wherever it surfaces (a step, a metric read, a checkpoint write)."""
-        try:
-            return loop(*args, **kwargs)
-        except tf.errors.OpError as e:
-            clear = (
-                peer_unavailable(e)
-                if distribute.is_multi_worker(self.distribute_strategy)
-                else None
-            )
-            if clear is None:
-                raise
-            raise clear from e
-
-    def _new_run_state(self, mode: str) -> RunState:
-        """The `RunState` of one fit/evaluate/predict run (engine/run_state.py)."""
-        state = self._state
-        config = state.compile_config
-        return RunState(
-            mode=mode,
-            executor=state.executor,
-            execution_lengths=state.execution_lengths,
-            fold_executions=self.fold_executions,
-            steps_per_execution=config.steps_per_execution if config is not None else 1,
-        )
-
-    def _run_callbacks(self, callbacks: Any, verbose: int, steps: int | None, mode: str):
-        """`(CallbackList, RunState)` of an evaluate or predict run."""
-        all_callbacks = fit_run.callback_objects(callbacks)
-        if verbose:
-            all_callbacks.append(ProgbarLogger(self._progbar_verbose(verbose)))
-        run_state = self._new_run_state(mode)
-        callback_list = CallbackList(
-            all_callbacks,
-            model=self,
-            params={"verbose": verbose, "epochs": 1, "steps": steps},
-            run_state=run_state,
-        )
-        return callback_list, run_state
-
     # -- compile -------------------------------------------------------------
 
     @property
@@ -332,41 +268,18 @@ class Model(ModelSurface, tf.Module):
                 `keras.optimizers.LossScaleOptimizer`, which scales the loss
                 dynamically to prevent underflow.
         """
-        strategy = tf.distribute.get_strategy()
-        with strategy.scope():
-            config = compile_lib.check_compile_args(
-                optimizer=optimizer,
-                loss=loss,
-                loss_weights=loss_weights,
-                metrics=metrics,
-                weighted_metrics=weighted_metrics,
-                run_eagerly=run_eagerly,
-                steps_per_execution=steps_per_execution,
-                jit_compile=jit_compile,
-                auto_scale_loss=auto_scale_loss,
-            )
-            jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
-            policy = keras.config.dtype_policy()
-            if (
-                auto_scale_loss
-                and getattr(policy, "name", "") == "mixed_float16"
-                and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
-            ):
-                config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
-        state = self._state
-        state.strategy = strategy
-        state.jit = jit
-        state.compile_config = config
-        state.execution_lengths = ExecutionLengths(
-            config.steps_per_execution,
-            can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
+        self.optimizer = build.configure(
+            self._state,
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
         )
-        self.optimizer = config.optimizer
-        state.objectives = None
-        state.loss_tracker = None
-        state.built = False
-        state.network_built = False
-        state.executor = None
 
     def _require_compiled(self, method: str) -> None:
         if self._state.compile_config is None:
@@ -413,19 +326,14 @@ class Model(ModelSurface, tf.Module):
         """The loss trackers and compiled metrics (Keras `Metric` objects)."""
         if not self._state.built:
             return []
-        state = self._state
-        trackers = [t for t in [state.loss_tracker] + state.output_trackers if t is not None]
-        compiled = [m.metric for m in state.objectives.metrics]
-        return trackers + compiled + list(self._state.user_metrics)
+        return build.metric_objects(self._state)
 
     @property
     def metrics_names(self) -> list[str]:
         """The names of `evaluate()`'s list, in its order (Keras gets this wrong)."""
         if not self._state.built:
             return []
-        state = self._state
-        loss = ["loss"] if state.loss_tracker is not None else []
-        return loss + state.objectives.metric_names + [m.name for m in state.user_metrics]
+        return build.metrics_names(self._state)
 
     @property
     def metrics_by_name(self) -> dict[str, Any]:
@@ -433,37 +341,19 @@ class Model(ModelSurface, tf.Module):
         that need a metric's direction, such as `mode="auto"`)."""
         if not self._state.built:
             return {}
-        state = self._state
-        named = {t.name: t for t in [state.loss_tracker] + state.output_trackers if t is not None}
-        named.update({m.name: m.metric for m in state.objectives.metrics})
-        named.update({m.name: m for m in state.user_metrics})
-        return named
+        return build.metrics_by_name(self._state)
 
     def reset_metrics(self) -> None:
         """Resets the state of every metric (the loss trackers included)."""
         for m in self.metrics:
             m.reset_state()
 
-    def _metric_results(self) -> dict[str, tf.Tensor]:
-        state = self._state
-        results = {}
-        if state.loss_tracker is not None:
-            results["loss"] = state.loss_tracker.result()
-        for output, tracker in zip(state.objectives.outputs, state.output_trackers):
-            if tracker is not None:
-                results[output.log_name] = tracker.result()
-        for compiled in state.objectives.metrics:
-            results[compiled.name] = compiled.metric.result()
-        for metric in state.user_metrics:
-            results[metric.name] = metric.result()
-        return results
-
     def _model_output_names(self) -> list[str] | None:
         names = getattr(self.network, "output_names", None) if self.network is not None else None
         return list(names) if names else None
 
     def _materialized_logs(self) -> dict[str, Any]:
-        return self._new_run_state("single").materialized_logs()
+        return runs.new_run_state(self, "single").materialized_logs()
 
     def _step_context(self) -> replica.StepContext:
         """What the standard step maths need (engine/replica.py), made explicit."""
@@ -790,32 +680,17 @@ class Model(ModelSurface, tf.Module):
                 "batch_size, verbose, sample_weight, steps, callbacks, return_dict."
             )
         self._require_compiled("evaluate")
-        verbose = resolve_verbose(verbose)
-        adapter = adapters_lib.get_adapter(
-            x,
-            y,
-            sample_weight,
+        logs = runs.run_evaluate(
+            self,
+            x=x,
+            y=y,
             batch_size=batch_size,
-            shuffle=False,
-            static=self._static_mode(training=False),
+            verbose=verbose,
+            sample_weight=sample_weight,
+            steps=steps,
+            callbacks=callbacks,
         )
-        try:
-            plan = EpochPlan.create(adapter, steps, "steps")
-            plan.persistent = False
-            build.ensure_built(self, adapter.element_spec)
-            build.check_labels(self, adapter)
-            callback_list, run_state = self._run_callbacks(callbacks, verbose, plan.steps, "evaluate")
-            logs = self._run_guarded(Driver(self, run_state).evaluate_loop, plan, callback_list)
-        finally:
-            adapter.close()
-        return self._format_results(logs, return_dict)
-
-    def _format_results(self, logs: dict[str, Any], return_dict: bool):
-        if return_dict:
-            return dict(sorted(logs.items()))
-        values = [logs[name] for name in self.metrics_names if name in logs]
-        values += [logs[k] for k in sorted(logs) if k not in self.metrics_names]
-        return values[0] if len(values) == 1 else values
+        return runs.format_results(self, logs, return_dict)
 
     def predict(
         self,
@@ -851,50 +726,11 @@ class Model(ModelSurface, tf.Module):
             NumPy array(s) of predictions, in the structure of the model's
             outputs.
         """
-        verbose = resolve_verbose(verbose)
-        static = self._static_mode(training=False)
-        if distribute.is_multi_worker(self.distribute_strategy):
-            # Outputs are all-gathered across workers; padded batches give every
-            # replica the same shape, which the collective needs.
-            static = "pad"
-        adapter = adapters_lib.get_adapter(x, batch_size=batch_size, shuffle=False, static=static)
-        try:
-            if static:
-                build.check_static_batch(self.distribute_strategy, adapter)
-            plan = EpochPlan.create(adapter, steps, "steps")
-            plan.persistent = False
-            build.build_network(self, adapter.element_spec[0])
-            callback_list, run_state = self._run_callbacks(callbacks, verbose, plan.steps, "predict")
-            return self._run_guarded(Driver(self, run_state).predict_loop, plan, callback_list)
-        finally:
-            adapter.close()
-
-    # -- single batches ------------------------------------------------------
-
-    def _single_batch(self, x, y, sample_weight, class_weight, argument: str) -> tuple:
-        if not structure.is_array_structure(x):
-            raise TypeError(
-                f"`x` for {argument}() must be array-like (an array, a tensor, or a list/dict "
-                f"of them); received {type(x).__name__}."
-            )
-        return adapters_lib.ArrayAdapter(
-            x, y, sample_weight, shuffle=False, class_weight=class_weight, whole_batch=True
+        return runs.run_predict(
+            self, x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
         )
 
-    def _single_batch_is_exact(self) -> bool:
-        """One worker reads the one batch for sure; across workers a shard may be empty."""
-        return not distribute.is_multi_worker(self.distribute_strategy)
-
-    def _run_single(self, function, adapter) -> Any:
-        dataset = adapter.get_dataset()
-        build.ensure_built(self, dataset.element_spec)
-        iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
-        exact = self._single_batch_is_exact()
-        while True:
-            try:
-                return getattr(self._executor, function)(iterator, tf.constant(1, tf.int64), exact)
-            except execution.XlaFallback:
-                iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+    # -- single batches ------------------------------------------------------
 
     def train_on_batch(
         self,
@@ -932,12 +768,8 @@ class Model(ModelSurface, tf.Module):
             from tfk_trainer.data import class_weight as class_weight_lib
 
             class_weight_lib.validate(class_weight)
-        adapter = self._single_batch(x, y, sample_weight, class_weight, "train_on_batch")
-        build.ensure_built(self, adapter.element_spec)
-        build.check_labels(self, adapter)
-        self.reset_metrics()
-        self._run_single("train", adapter)
-        return self._format_results(self._materialized_logs(), return_dict)
+        adapter = runs.single_batch_adapter(x, y, sample_weight, class_weight, "train_on_batch")
+        return runs.run_single(self, "train", adapter, return_dict)
 
     def test_on_batch(
         self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False
@@ -962,12 +794,8 @@ class Model(ModelSurface, tf.Module):
             them (`return_dict=True`).
         """
         self._require_compiled("test_on_batch")
-        adapter = self._single_batch(x, y, sample_weight, None, "test_on_batch")
-        build.ensure_built(self, adapter.element_spec)
-        build.check_labels(self, adapter)
-        self.reset_metrics()
-        self._run_single("test", adapter)
-        return self._format_results(self._materialized_logs(), return_dict)
+        adapter = runs.single_batch_adapter(x, y, sample_weight, None, "test_on_batch")
+        return runs.run_single(self, "test", adapter, return_dict)
 
     def predict_on_batch(self, x: Any) -> Any:
         """Returns predictions for a single batch of samples.
@@ -979,14 +807,7 @@ class Model(ModelSurface, tf.Module):
         Returns:
             NumPy array(s) of predictions, in the structure of the outputs.
         """
-        adapter = self._single_batch(x, None, None, None, "predict_on_batch")
-        dataset = adapter.get_dataset()
-        build.build_network(self, dataset.element_spec[0])
-        iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
-        _, outputs = self._executor.predict(
-            iterator, tf.constant(1, tf.int64), self._single_batch_is_exact()
-        )
-        return drop_padding(outputs)
+        return runs.predict_single(self, x)
 
     # -- saving --------------------------------------------------------------
 

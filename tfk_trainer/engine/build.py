@@ -23,6 +23,7 @@ from tfk_trainer.data import adapters as adapters_lib
 from tfk_trainer.engine import checks, execution
 from tfk_trainer.engine import variables as variables_lib
 from tfk_trainer.engine.replica import LossTracker
+from tfk_trainer.engine.tuning import ExecutionLengths
 
 
 class Executor:
@@ -131,7 +132,7 @@ def build_network(model: Any, x_spec: Any) -> None:
         test_step=model.test_step,
         predict_replica=model._predict_replica,
         output_structure=state.output_structure,
-        read_logs=model._metric_results,
+        read_logs=lambda: metric_results(state),
         jit=state.jit,
         allow_fallback=config is None or config.jit_compile == "auto",
         run_eagerly=model.run_eagerly,
@@ -184,6 +185,85 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
     state.objectives = objectives
     state.y_spec = y_spec
     state.built = True
+
+
+def configure(state: Any, **compile_args: Any) -> Any:
+    """`compile()`: checks the arguments and resets the engine state; returns the
+    optimizer (a LossScaleOptimizer under "mixed_float16" with `auto_scale_loss`).
+
+    The strategy in scope now is the one every later run uses.
+    """
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        config = compile_lib.check_compile_args(**compile_args)
+        jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
+        policy = keras.config.dtype_policy()
+        if (
+            compile_args.get("auto_scale_loss", True)
+            and getattr(policy, "name", "") == "mixed_float16"
+            and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
+        ):
+            config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
+    state.strategy = strategy
+    state.jit = jit
+    state.compile_config = config
+    state.execution_lengths = ExecutionLengths(
+        config.steps_per_execution,
+        can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
+    )
+    state.objectives = None
+    state.loss_tracker = None
+    state.built = False
+    state.network_built = False
+    state.executor = None
+    return config.optimizer
+
+
+def metric_objects(state: Any) -> list:
+    """`model.metrics`: loss trackers, compiled metrics, metrics held as attributes."""
+    if not state.built:
+        return []
+    trackers = [t for t in [state.loss_tracker] + state.output_trackers if t is not None]
+    return trackers + [m.metric for m in state.objectives.metrics] + list(state.user_metrics)
+
+
+def metrics_by_name(state: Any) -> dict[str, Any]:
+    """Every metric of a built model under its log name: loss trackers, compiled
+    metrics, then metrics held as attributes (the order of `model.metrics`)."""
+    named: dict[str, Any] = {}
+    if not state.built:
+        return named
+    for tracker in [state.loss_tracker] + state.output_trackers:
+        if tracker is not None:
+            named.setdefault(tracker.name, tracker)
+    for compiled in state.objectives.metrics:
+        named.setdefault(compiled.name, compiled.metric)
+    for metric in state.user_metrics:
+        named.setdefault(metric.name, metric)
+    return named
+
+
+def metrics_names(state: Any) -> list[str]:
+    """The names of `evaluate()`'s list, in its order."""
+    if not state.built:
+        return []
+    loss = ["loss"] if state.loss_tracker is not None else []
+    return loss + state.objectives.metric_names + [m.name for m in state.user_metrics]
+
+
+def metric_results(state: Any) -> dict[str, tf.Tensor]:
+    """The logs as device tensors (read eagerly by the driver and the callbacks)."""
+    results = {}
+    if state.loss_tracker is not None:
+        results["loss"] = state.loss_tracker.result()
+    for output, tracker in zip(state.objectives.outputs, state.output_trackers):
+        if tracker is not None:
+            results[output.log_name] = tracker.result()
+    for compiled in state.objectives.metrics:
+        results[compiled.name] = compiled.metric.result()
+    for metric in state.user_metrics:
+        results[metric.name] = metric.result()
+    return results
 
 
 def check_labels(model: Any, adapter: Any, argument: str = "y") -> None:

@@ -21,7 +21,7 @@ from tfk_trainer.callbacks.history import History
 from tfk_trainer.callbacks.progbar import ProgbarLogger, resolve_verbose
 from tfk_trainer.data import adapters as adapters_lib
 from tfk_trainer.data import structure
-from tfk_trainer.engine import build, checks
+from tfk_trainer.engine import build, checks, runs
 from tfk_trainer.engine.loop import (
     Driver,
     EpochPlan,
@@ -86,7 +86,7 @@ def run_fit(
             batch_size=batch_size,
             shuffle=shuffle,
             class_weight=class_weight,
-            static=model._static_mode(training=True),
+            static=runs.static_mode(model, training=True),
         )
         opened.append(adapter)
         callback_list, run, history = _setup(
@@ -136,7 +136,7 @@ def _setup(
     """Everything between the training adapter and the first epoch:
     `(callbacks, run, the History that run fills)`."""
     state = model._state
-    if model._static_mode(training=True):
+    if runs.static_mode(model, training=True):
         build.check_static_batch(model.distribute_strategy, adapter)
     plan = EpochPlan.create(adapter, steps_per_epoch, "steps_per_epoch")
     if adapter.one_shot and steps_per_epoch is None and epochs - initial_epoch > 1:
@@ -155,7 +155,7 @@ def _setup(
     build.ensure_built(model, adapter.element_spec)
     build.check_labels(model, adapter)
 
-    run_state = model._new_run_state("fit")
+    run_state = runs.new_run_state(model, "fit")
     driver = Driver(model, run_state)
     validation = None
     if validation_data is not None:
@@ -168,7 +168,7 @@ def _setup(
             if structure.is_array_structure(vx)
             else validation_batch_size,
             shuffle=False,
-            static=model._static_mode(training=False),
+            static=runs.static_mode(model, training=False),
             argument="validation_data",
         )
         opened.append(val_adapter)
@@ -199,14 +199,16 @@ def _setup(
             return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
 
     history = History()
-    user_callbacks = callback_objects(callbacks)
+    user_callbacks = runs.callback_objects(callbacks)
     # History (and the progress bar) come after the user's callbacks, as in
     # Keras, so keys a callback adds to the epoch logs (learning_rate) are kept.
     all_callbacks = user_callbacks + [history]
     if verbose and not any(
         isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks
     ):
-        all_callbacks.append(ProgbarLogger(model._progbar_verbose(verbose)))
+        all_callbacks.append(
+            ProgbarLogger(runs.progbar_verbose(model.distribute_strategy, verbose))
+        )
     callback_list = CallbackList(
         all_callbacks,
         model=model,
@@ -221,7 +223,8 @@ def _setup(
     )
 
     def run() -> None:
-        model._run_guarded(
+        runs.run_guarded(
+            model.distribute_strategy,
             driver.fit_loop,
             plan,
             callback_list,
@@ -233,22 +236,6 @@ def _setup(
         model.history = history
 
     return callback_list, run, history
-
-
-def callback_objects(callbacks: Any) -> list:
-    """`callbacks` as a list: None, one callback, or a list/tuple of callbacks."""
-    from tfk_trainer.callbacks import keras_compat
-
-    if callbacks is None:
-        return []
-    if hasattr(callbacks, "set_model") and hasattr(callbacks, "on_epoch_end"):
-        return keras_compat.flatten([callbacks])  # one callback, or a Keras CallbackList
-    if not isinstance(callbacks, (list, tuple)):
-        raise TypeError(
-            "`callbacks` must be a list of Callback instances (or one callback); received "
-            f"{type(callbacks).__name__}: {callbacks!r}."
-        )
-    return keras_compat.flatten(callbacks)
 
 
 def unpack_validation_data(validation_data: Any) -> tuple:

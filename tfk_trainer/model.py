@@ -301,12 +301,6 @@ class Model(ModelSurface, tf.Module):
     def _compile_config(self) -> Any:
         return self._state.compile_config
 
-    def _build_network(self, x_spec: Any) -> None:
-        build.build_network(self, x_spec)
-
-    def _ensure_built(self, element_spec: tuple) -> None:
-        build.ensure_built(self, element_spec)
-
     def _custom_train_step(self) -> bool:
         return type(self).train_step is not Model.train_step
 
@@ -351,9 +345,6 @@ class Model(ModelSurface, tf.Module):
     def _model_output_names(self) -> list[str] | None:
         names = getattr(self.network, "output_names", None) if self.network is not None else None
         return list(names) if names else None
-
-    def _materialized_logs(self) -> dict[str, Any]:
-        return runs.new_run_state(self, "single").materialized_logs()
 
     def _step_context(self) -> replica.StepContext:
         """What the standard step maths need (engine/replica.py), made explicit."""

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer.engine import build
+
 # `export()` formats: Keras 3 knows these; tfk writes the first.
 _EXPORT_FORMATS = ("tf_saved_model",)
 _KERAS_ONLY_EXPORT_FORMATS = ("onnx", "openvino", "litert", "torch")
@@ -81,7 +83,7 @@ def export(model: Any, filepath: Any, format: str, verbose: bool | None, input_s
                 "`input_signature` must be a tf.TensorSpec, or a list/dict of them (one "
                 f"per input); received {input_signature!r}."
             )
-        model._build_network(spec)
+        build.build_network(model, spec)
     from tfk_trainer import export as export_lib
 
     written = export_lib.export(model, path, model._state.input_spec)

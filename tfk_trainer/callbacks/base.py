@@ -46,6 +46,9 @@ class Callback:
         tfk_trainer's own extension (Keras callbacks have no such hook and
         never need it): a callback that must see the engine (the training
         position, the compiled functions) reads it here, not from the model.
+
+        Args:
+            state: the run's `RunState`; kept as `self.run_state`.
         """
         self.run_state = state
 

@@ -10,10 +10,9 @@ Keras writes and `keras.models.load_model` reads it. The engine's own
 checkpoint format (`save_checkpoint`, any strategy, any network) stays the
 way to keep and resume training state.
 
-Every path may be remote (`gs://`, `ram://`): Keras's saving library copies
-through `tf.io.gfile` for such paths, and the weights file written for
-networks that are not Keras models is built in memory and written with
-`tf.io.gfile`.
+The methods here carry Keras's signatures and docstrings; the saving and
+export bodies live in `tfk_trainer/saving.py` (every path may be remote
+there: `gs://`, `ram://`), the summary table in `tfk_trainer/model_summary.py`.
 """
 
 from __future__ import annotations
@@ -24,10 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-from tfk_trainer import saving
+from tfk_trainer import model_summary, saving
 
 _BASIC_TYPES = (str, int, float, bool, type(None))
 
@@ -41,31 +38,6 @@ def _is_basic(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_basic(v) for k, v in value.items())
     return False
-
-
-def _readable_size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1024:
-            return f"{nbytes:.2f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.2f} PB"
-
-
-def _unique(variables: list) -> list:
-    seen: dict[int, Any] = {}
-    for v in variables:
-        seen.setdefault(id(v), v)
-    return list(seen.values())
-
-
-def _count(variables: list) -> tuple[int, float]:
-    """(number of scalars, bytes) of unique variables."""
-    count, nbytes = 0, 0.0
-    for v in _unique(variables):
-        n = int(np.prod(v.shape)) if v.shape is not None else 0
-        count += n
-        nbytes += n * tf.as_dtype(v.dtype).size
-    return count, nbytes
 
 
 class ModelSurface:
@@ -213,7 +185,7 @@ class ModelSurface:
                 "built. Build it first: call it on a batch, fit it, or give the network a "
                 "keras.Input."
             )
-        return _count(self.variables)[0]
+        return model_summary.param_count(self.variables)[0]
 
     # -- configuration -------------------------------------------------------
 
@@ -381,61 +353,8 @@ class ModelSurface:
             )
             return
         print_fn = print_fn or print
-        print_fn(self._summary_text(line_length or 80, show_trainable))
+        print_fn(model_summary.table(self, line_length or 80, show_trainable))
 
-    def _summary_text(self, width: int, show_trainable: bool) -> str:
-        layers = self.layers
-        rows = []
-        in_layers: set[int] = set()
-        for layer in layers:
-            variables = list(layer.weights)
-            in_layers.update(id(v) for v in variables)
-            try:
-                shape = str(tuple(layer.output.shape))
-            except (AttributeError, ValueError):
-                shape = "?"
-            row = [f"{layer.name} ({type(layer).__name__})", shape, f"{_count(variables)[0]:,}"]
-            if show_trainable:
-                row.append("Y" if layer.trainable else "N")
-            rows.append(row)
-        others = [v for v in self.variables if id(v) not in in_layers]
-        if others:
-            row = [
-                f"(variables outside Keras layers: {len(others)})",
-                "?",
-                f"{_count(others)[0]:,}",
-            ]
-            if show_trainable:
-                row.append("-")
-            rows.append(row)
-        headers = ["Layer (type)", "Output Shape", "Param #"] + (
-            ["Trainable"] if show_trainable else []
-        )
-        if not rows:
-            rows.append(["(no Keras layers)", "", "0"] + ["-"] * show_trainable)
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        widths[0] += max(0, width - (sum(widths) + 3 * len(widths) + 1))
-
-        def line(cells: list[str]) -> str:
-            parts = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-            parts += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
-            return "│ " + " │ ".join(parts) + " │"
-
-        rule = "─" * (sum(widths) + 3 * len(widths) + 1)
-        out = [f'Model: "{self.name}"', rule, line(headers), rule]
-        out += [line(r) for r in rows]
-        out.append(rule)
-        total, total_bytes = _count(self.variables)
-        trainable, trainable_bytes = _count(self.trainable_variables)
-        frozen, frozen_bytes = _count(self.non_trainable_variables)
-        out.append(f" Total params: {total:,} ({_readable_size(total_bytes)})")
-        out.append(f" Trainable params: {trainable:,} ({_readable_size(trainable_bytes)})")
-        out.append(f" Non-trainable params: {frozen:,} ({_readable_size(frozen_bytes)})")
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
-            count, nbytes = _count(list(optimizer.variables))
-            out.append(f" Optimizer params: {count:,} ({_readable_size(nbytes)})")
-        return "\n".join(out)
 
     # -- export --------------------------------------------------------------
 

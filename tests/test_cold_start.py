@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfk_trainer as tfk
+from tfk_trainer.engine import build
 
 
 def _data(n: int = 48):
@@ -61,7 +62,7 @@ def test_a_plain_fit_converts_none_of_the_engine_code():
             model.predict(x, batch_size=16, verbose=0),
         )
     )
-    assert model._step_autograph() is False
+    assert build.step_autograph(model) is False
     for name in ("train_step", "test_step", "predict_step", "_loss_terms", "gather"):
         assert f"Converted call: <function {name}" not in log, log
         assert f"Converted call: <bound method Model.{name}" not in log, log
@@ -82,8 +83,8 @@ def test_steps_with_and_without_autograph_give_identical_numbers():
         model.compile("adam", _loss(), metrics=["accuracy"])
         history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
         weights.append((model.get_weights(), history.history))
-    assert tfk.Model(_net())._step_autograph() is False
-    assert _TrainStepOverride(_net())._step_autograph() is True
+    assert build.step_autograph(tfk.Model(_net())) is False
+    assert build.step_autograph(_TrainStepOverride(_net())) is True
     (w_plain, h_plain), (w_converted, h_converted) = weights
     for a, b in zip(w_plain, w_converted):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
@@ -153,13 +154,13 @@ def test_user_code_with_tensor_control_flow_still_converts(case):
     model = make()
     model.compile("sgd", loss, metrics=metrics)
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
-    assert model._step_autograph() is True
+    assert build.step_autograph(model) is True
 
     # The same training with the library's MSE and no branch, without autograph.
     reference = tfk.Model(_net())
     reference.compile("sgd", "mse")
     expected = reference.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
-    assert reference._step_autograph() is False
+    assert build.step_autograph(reference) is False
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=0, atol=1e-6)
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

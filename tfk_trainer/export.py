@@ -64,9 +64,12 @@ def move_tree(src: str, dst: str) -> None:
     tf.io.gfile.rmtree(src)
 
 
-def export(model: Any, path: str) -> str:
-    """Writes a SavedModel of `model`'s inference function to `path`."""
-    spec = model._state.input_spec
+def export(model: Any, path: str, spec: Any) -> str:
+    """Writes a SavedModel of `model`'s inference function to `path`.
+
+    `spec`: the model's input spec (the model knows it once built; None
+    before, which raises a ValueError saying how to build it).
+    """
     if spec is None:
         raise ValueError(
             "export() needs to know the model's inputs: call fit, evaluate or predict (or "

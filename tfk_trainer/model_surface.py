@@ -10,30 +10,22 @@ Keras writes and `keras.models.load_model` reads it. The engine's own
 checkpoint format (`save_checkpoint`, any strategy, any network) stays the
 way to keep and resume training state.
 
-Every path may be remote (`gs://`, `ram://`): Keras's saving library copies
-through `tf.io.gfile` for such paths, and the weights file written for
-networks that are not Keras models is built in memory and written with
-`tf.io.gfile`.
+The methods here carry Keras's signatures and docstrings; the saving and
+export bodies live in `tfk_trainer/saving.py` (every path may be remote
+there: `gs://`, `ram://`), the summary table in `tfk_trainer/model_summary.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import json
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-# `export()` formats: Keras 3 knows these; tfk writes the first.
-_EXPORT_FORMATS = ("tf_saved_model",)
-_KERAS_ONLY_EXPORT_FORMATS = ("onnx", "openvino", "litert", "torch")
-_TFK_WEIGHTS_FORMAT = "tfk_trainer.variables.v1"  # our .weights.h5 for non-Keras networks
+from tfk_trainer import model_summary, saving
+
 _BASIC_TYPES = (str, int, float, bool, type(None))
 
 
@@ -46,53 +38,6 @@ def _is_basic(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_basic(v) for k, v in value.items())
     return False
-
-
-def _path(filepath: Any, argument: str = "filepath") -> str:
-    if hasattr(filepath, "__fspath__"):
-        filepath = filepath.__fspath__()
-    if not isinstance(filepath, str):
-        raise TypeError(
-            f"`{argument}` must be a str or path-like (a local path or a gs:// URL); received "
-            f"{type(filepath).__name__}: {filepath!r}."
-        )
-    return filepath
-
-
-def _check_overwrite(path: str, overwrite: Any, method: str) -> None:
-    """Keras asks on a terminal before overwriting; a library call cannot, so it refuses."""
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"{method}: `overwrite` must be a bool; received {overwrite!r}.")
-    if not overwrite and tf.io.gfile.exists(path):
-        raise FileExistsError(
-            f"{method}: {path!r} exists and `overwrite=False`; pass `overwrite=True` to "
-            "replace it, or choose another path. Nothing was written."
-        )
-
-
-def _readable_size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1024:
-            return f"{nbytes:.2f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.2f} PB"
-
-
-def _unique(variables: list) -> list:
-    seen: dict[int, Any] = {}
-    for v in variables:
-        seen.setdefault(id(v), v)
-    return list(seen.values())
-
-
-def _count(variables: list) -> tuple[int, float]:
-    """(number of scalars, bytes) of unique variables."""
-    count, nbytes = 0, 0.0
-    for v in _unique(variables):
-        n = int(np.prod(v.shape)) if v.shape is not None else 0
-        count += n
-        nbytes += n * tf.as_dtype(v.dtype).size
-    return count, nbytes
 
 
 class ModelSurface:
@@ -240,7 +185,7 @@ class ModelSurface:
                 "built. Build it first: call it on a batch, fit it, or give the network a "
                 "keras.Input."
             )
-        return _count(self.variables)[0]
+        return model_summary.param_count(self.variables)[0]
 
     # -- configuration -------------------------------------------------------
 
@@ -336,8 +281,8 @@ class ModelSurface:
 
         strategy = self.distribute_strategy
         config.run_eagerly = value
-        self._jit = execution.resolve_jit_compile(config.jit_compile, strategy, value)
-        self._execution_lengths = ExecutionLengths(
+        self._state.jit = execution.resolve_jit_compile(config.jit_compile, strategy, value)
+        self._state.execution_lengths = ExecutionLengths(
             config.steps_per_execution,
             can_fold=not (value or distribute.is_multi_worker(strategy)),
         )
@@ -408,61 +353,8 @@ class ModelSurface:
             )
             return
         print_fn = print_fn or print
-        print_fn(self._summary_text(line_length or 80, show_trainable))
+        print_fn(model_summary.table(self, line_length or 80, show_trainable))
 
-    def _summary_text(self, width: int, show_trainable: bool) -> str:
-        layers = self.layers
-        rows = []
-        in_layers: set[int] = set()
-        for layer in layers:
-            variables = list(layer.weights)
-            in_layers.update(id(v) for v in variables)
-            try:
-                shape = str(tuple(layer.output.shape))
-            except (AttributeError, ValueError):
-                shape = "?"
-            row = [f"{layer.name} ({type(layer).__name__})", shape, f"{_count(variables)[0]:,}"]
-            if show_trainable:
-                row.append("Y" if layer.trainable else "N")
-            rows.append(row)
-        others = [v for v in self.variables if id(v) not in in_layers]
-        if others:
-            row = [
-                f"(variables outside Keras layers: {len(others)})",
-                "?",
-                f"{_count(others)[0]:,}",
-            ]
-            if show_trainable:
-                row.append("-")
-            rows.append(row)
-        headers = ["Layer (type)", "Output Shape", "Param #"] + (
-            ["Trainable"] if show_trainable else []
-        )
-        if not rows:
-            rows.append(["(no Keras layers)", "", "0"] + ["-"] * show_trainable)
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        widths[0] += max(0, width - (sum(widths) + 3 * len(widths) + 1))
-
-        def line(cells: list[str]) -> str:
-            parts = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-            parts += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
-            return "│ " + " │ ".join(parts) + " │"
-
-        rule = "─" * (sum(widths) + 3 * len(widths) + 1)
-        out = [f'Model: "{self.name}"', rule, line(headers), rule]
-        out += [line(r) for r in rows]
-        out.append(rule)
-        total, total_bytes = _count(self.variables)
-        trainable, trainable_bytes = _count(self.trainable_variables)
-        frozen, frozen_bytes = _count(self.non_trainable_variables)
-        out.append(f" Total params: {total:,} ({_readable_size(total_bytes)})")
-        out.append(f" Trainable params: {trainable:,} ({_readable_size(trainable_bytes)})")
-        out.append(f" Non-trainable params: {frozen:,} ({_readable_size(frozen_bytes)})")
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "built", False):
-            count, nbytes = _count(list(optimizer.variables))
-            out.append(f" Optimizer params: {count:,} ({_readable_size(nbytes)})")
-        return "\n".join(out)
 
     # -- export --------------------------------------------------------------
 
@@ -489,39 +381,7 @@ class ModelSurface:
         Returns:
             `filepath`.
         """
-        if format not in _EXPORT_FORMATS:
-            hint = (
-                f" {format!r} is a Keras format that tfk does not write; the wrapped Keras "
-                f'network can: `model.network.export(filepath, format="{format}")`.'
-                if format in _KERAS_ONLY_EXPORT_FORMATS
-                else ""
-            )
-            raise ValueError(
-                f"Unrecognized format={format!r}. Supported formats are: "
-                f"{list(_EXPORT_FORMATS)}.{hint}"
-            )
-        if kwargs:
-            raise TypeError(
-                f"export() got unexpected keyword arguments {sorted(kwargs)}; accepted: "
-                "filepath, format, verbose, input_signature."
-            )
-        path = _path(filepath)
-        if input_signature is not None and not self._state.network_built:
-            spec = input_signature
-            if isinstance(spec, (list, tuple)) and len(spec) == 1:
-                spec = spec[0]
-            if not all(isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(spec)):
-                raise TypeError(
-                    "`input_signature` must be a tf.TensorSpec, or a list/dict of them (one "
-                    f"per input); received {input_signature!r}."
-                )
-            self._build_network(spec)
-        from tfk_trainer import export as export_lib
-
-        written = export_lib.export(self, path)
-        if verbose is None or verbose:
-            print(f"Saved artifact at '{path}'. Serving endpoint: signature 'serving_default'.")
-        return written
+        return saving.export(self, filepath, format, verbose, input_signature, kwargs)
 
     # -- saving: .keras, .weights.h5 -------------------------------------------
 
@@ -546,19 +406,7 @@ class ModelSurface:
             zipped: Keras's: False writes an unzipped directory.
             **kwargs: Keras's `include_optimizer` (legacy `.h5` only).
         """
-        path = _path(filepath)
-        if zipped in (None, True) and not path.endswith((".keras", ".h5", ".hdf5")):
-            raise ValueError(
-                "Invalid filepath extension for saving. Please add either a `.keras` extension "
-                "for the native Keras format (recommended) or a `.h5` extension. Use "
-                "`model.export(filepath)` if you want to export a SavedModel for use with "
-                f"TFLite/TFServing/etc. Use `model.save_checkpoint(path)` for tfk's training "
-                f"checkpoint. Received: filepath={path}."
-            )
-        network = self._keras_network("save")
-        _check_overwrite(path, overwrite, "save()")
-        with self._keras_training_state(network, compile_config=True):
-            keras.saving.save_model(network, path, overwrite=True, zipped=zipped, **kwargs)
+        saving.save(self, filepath, overwrite, zipped, kwargs)
 
     def save_weights(
         self, filepath: Any, overwrite: bool = True, max_shard_size: Any = None
@@ -576,45 +424,7 @@ class ModelSurface:
             max_shard_size: Keras's sharding (wrapped Keras models only;
                 the path then ends in `.weights.json`).
         """
-        path = _path(filepath)
-        network = self.network
-        if isinstance(network, keras.Model):
-            if max_shard_size is None and not path.endswith(".weights.h5"):
-                raise ValueError(
-                    f"The filename must end in `.weights.h5`. Received: filepath={path}"
-                )
-            _check_overwrite(path, overwrite, "save_weights()")
-            with self._keras_training_state(network, compile_config=False):
-                network.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
-            return
-        if not path.endswith(".weights.h5"):
-            raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
-        if max_shard_size is not None:
-            raise ValueError(
-                "`max_shard_size` is supported for wrapped Keras models only; this model's "
-                "weights are written to one `.weights.h5` file."
-            )
-        _check_overwrite(path, overwrite, "save_weights()")
-        variables = self.variables
-        if not variables:
-            raise ValueError(
-                "You are saving a model that has not yet been built (it has no variables). "
-                "Build it first by calling it on a batch of data or by fitting it."
-            )
-        import h5py
-
-        buffer = io.BytesIO()
-        with h5py.File(buffer, "w") as f:
-            f.attrs["format"] = _TFK_WEIGHTS_FORMAT
-            group = f.create_group("variables")
-            for i, v in enumerate(variables):
-                data = group.create_dataset(f"{i:06d}", data=np.asarray(v.numpy()))
-                data.attrs["name"] = str(getattr(v, "path", None) or v.name)
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent and not tf.io.gfile.exists(parent):
-            tf.io.gfile.makedirs(parent)
-        with tf.io.gfile.GFile(path, "wb") as out:
-            out.write(buffer.getvalue())
+        saving.save_weights(self, filepath, overwrite, max_shard_size)
 
     def load_weights(self, filepath: Any, skip_mismatch: bool = False, **kwargs: Any) -> None:
         """Loads weights written by `save_weights` (or a `.keras` file's weights).
@@ -627,138 +437,9 @@ class ModelSurface:
             **kwargs: Keras's legacy `objects_to_skip`/`by_name` (wrapped
                 Keras models only).
         """
-        path = _path(filepath)
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
-                f"load_weights(): no file at {path!r}. Pass the path given to save_weights() "
-                "(a `.weights.h5` file) or to save() (a `.keras` file)."
-            )
-        network = self.network
-        if isinstance(network, keras.Model):
-            with self._keras_training_state(network, compile_config=False, build_optimizer=True):
-                network.load_weights(path, skip_mismatch=skip_mismatch, **kwargs)
-            return
-        if kwargs:
-            raise ValueError(f"Invalid keyword arguments: {kwargs}")
-        if not path.endswith(".weights.h5"):
-            raise ValueError(
-                "This model's network is not a Keras model, so it loads only `.weights.h5` files "
-                f"written by its save_weights(); received filepath={path}."
-            )
-        variables = self.variables
-        if not variables:
-            raise ValueError(
-                "load_weights() needs the model's variables to exist: build it first (call it "
-                "on a batch of data)."
-            )
-        import h5py
+        saving.load_weights(self, filepath, skip_mismatch, kwargs)
 
-        with tf.io.gfile.GFile(path, "rb") as f:
-            buffer = io.BytesIO(f.read())
-        with h5py.File(buffer, "r") as f:
-            if f.attrs.get("format") != _TFK_WEIGHTS_FORMAT or "variables" not in f:
-                raise ValueError(
-                    f"load_weights(): {path!r} is not a weights file written by tfk_trainer's "
-                    "save_weights() for a network that is not a Keras model (a Keras weights file "
-                    "loads into a wrapped Keras model: tfk.Model(keras_model))."
-                )
-            group = f["variables"]
-            stored = [group[k] for k in sorted(group)]
-            if len(stored) != len(variables):
-                raise ValueError(
-                    f"load_weights(): {path!r} holds {len(stored)} variables, but this model has "
-                    f"{len(variables)}; it was saved from a different model."
-                )
-            for v, data in zip(variables, stored):
-                if tuple(v.shape) != tuple(data.shape):
-                    message = (
-                        f"load_weights(): variable {data.attrs.get('name')!r} in {path!r} has "
-                        f"shape {tuple(data.shape)}, but this model's variable "
-                        f"{getattr(v, 'path', None) or v.name!r} has {tuple(v.shape)}."
-                    )
-                    if skip_mismatch:
-                        warnings.warn(message + " Skipped (skip_mismatch=True).", stacklevel=2)
-                        continue
-                    raise ValueError(message + " Pass skip_mismatch=True to skip it.")
-                v.assign(data[()])
 
-    # -- helpers ----------------------------------------------------------------
-
-    def _keras_network(self, method: str) -> keras.Model:
-        network = self.network
-        if isinstance(network, keras.Model):
-            return network
-        if network is None:
-            what = f"{type(self).__name__} is a subclassed tfk_trainer.Model (no Keras network)"
-        elif isinstance(network, keras.layers.Layer):
-            what = (
-                f"the network is a Keras layer ({type(network).__name__}), not a Keras model; "
-                "wrap it as tfk.Model(keras.Sequential([layer])) to get a `.keras` file"
-            )
-        else:
-            what = f"the network is a {type(network).__name__}, not a Keras model"
-        raise TypeError(
-            f"{method}() writes a Keras `.keras` file, which holds a Keras model, but {what}. "
-            "Use model.save_checkpoint(path) for the training state (restore with "
-            "load_checkpoint), model.save_weights('x.weights.h5') for the weights, or "
-            "model.export(path) for a SavedModel."
-        )
-
-    @contextlib.contextmanager
-    def _keras_training_state(
-        self, network: keras.Model, *, compile_config: bool, build_optimizer: bool = False
-    ) -> Iterator[None]:
-        """Lends the network the model's optimizer (and compile arguments) while Keras
-        saves or loads it, as if Keras had compiled it: Keras's files then hold
-        the optimizer's state, and `load_model` compiles the network.
-
-        Only public attributes are set (`optimizer`, `get_compile_config`), and
-        the network's own values come back afterwards. The optimizer is lent
-        only when it was built for exactly the network's trainable variables,
-        in the same order (Keras matches optimizer slots by position).
-        """
-        lent: dict[str, Any] = {}
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is not None and self.compiled:
-            same_variables = [id(v) for v in self.trainable_variables] == [
-                id(v) for v in network.trainable_variables
-            ]
-            if not same_variables:
-                warnings.warn(
-                    "The optimizer's state is not included: the model trains variables beyond "
-                    "the wrapped network's. Use save_checkpoint() to keep the optimizer.",
-                    stacklevel=3,
-                )
-            else:
-                if build_optimizer and not optimizer.built and network.built:
-                    with self.distribute_strategy.scope():
-                        optimizer.build(self.trainable_variables)
-                lent["optimizer"] = optimizer
-                if compile_config:
-                    config = self.get_compile_config()
-                    try:
-                        json.dumps(keras.saving.serialize_keras_object(config))
-                        lent["get_compile_config"] = lambda: config
-                    except Exception as e:  # noqa: BLE001 - reported, the save goes on
-                        warnings.warn(
-                            f"The compile() arguments are not saved: Keras cannot serialize "
-                            f"them ({type(e).__name__}: {e}). load_model() returns an "
-                            "uncompiled network.",
-                            stacklevel=3,
-                        )
-        missing = object()
-        previous = {name: vars(network).get(name, missing) for name in lent}
-        try:
-            for name, value in lent.items():
-                setattr(network, name, value)
-            yield
-        finally:
-            for name, value in previous.items():
-                if value is missing:
-                    with contextlib.suppress(AttributeError):
-                        delattr(network, name)
-                else:
-                    setattr(network, name, value)
 
 
 class SequentialSurface:

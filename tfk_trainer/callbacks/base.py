@@ -11,10 +11,14 @@ synchronises the host per execution.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import keras
+
+from tfk_trainer.engine.logs import LazyLogs, to_python
+
+__all__ = ["Callback", "CallbackList", "LazyLogs", "to_python"]
 
 log = logging.getLogger("tfk_trainer")
 
@@ -31,10 +35,24 @@ class Callback:
     """
 
     coarse_batch_hooks: bool = False
+    run_state: Any = None  # the run's RunState, from `set_run_state`
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self._model = None
+        self.run_state: Any = None
+
+    def set_run_state(self, state: Any) -> None:
+        """Receives the run's `tfk_trainer.engine.run_state.RunState` before any hook.
+
+        tfk_trainer's own extension (Keras callbacks have no such hook and
+        never need it): a callback that must see the engine (the training
+        position, the compiled functions) reads it here, not from the model.
+
+        Args:
+            state: the run's `RunState`; kept as `self.run_state`.
+        """
+        self.run_state = state
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -68,64 +86,6 @@ class Callback:
     def on_predict_end(self, logs=None): ...
 
 
-class LazyLogs(Mapping):
-    """Batch logs whose keys are known and whose values are read on first access.
-
-    `read` returns a dict of device tensors; it runs at most once, and only
-    when a value is looked up, so `logs or {}`, `len(logs)` and `"loss" in
-    logs` stay free.
-    """
-
-    def __init__(self, keys: Iterable[str], read: Callable[[], Mapping[str, Any]]):
-        self._keys = list(keys)
-        self._read = read
-        self._values: dict[str, float] | None = None
-
-    def _materialize(self) -> dict[str, float]:
-        if self._values is None:
-            raw = self._read()
-            self._values = {k: to_python(raw[k]) for k in self._keys if k in raw}
-            for k in raw:
-                if k not in self._values:
-                    self._values[k] = to_python(raw[k])
-                    self._keys.append(k)
-        return self._values
-
-    @property
-    def materialized(self) -> bool:
-        return self._values is not None
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._materialize()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._keys))
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def copy(self) -> dict[str, Any]:
-        return dict(self._materialize())
-
-    def __repr__(self) -> str:
-        return repr(self._materialize())
-
-
-def to_python(value: Any) -> Any:
-    """A logged value as Python: a tensor or one-element array becomes its number
-    (what Keras's callbacks and `History` hold); anything else is returned as is."""
-    if hasattr(value, "numpy"):
-        value = value.numpy()
-    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
-        return value.item()
-    return value
-
-
 _BATCH_HOOKS = (
     "on_batch_begin",
     "on_batch_end",
@@ -155,7 +115,16 @@ def _overrides(callback: Any, hook: str) -> bool:
 class CallbackList:
     """Dispatches hooks to callbacks; our own, not Keras's CallbackList."""
 
-    def __init__(self, callbacks: Iterable[Any] | None, *, model: Any, params: dict[str, Any]):
+    def __init__(
+        self,
+        callbacks: Iterable[Any] | None,
+        *,
+        model: Any,
+        params: dict[str, Any],
+        run_state: Any = None,
+    ):
+        """`run_state`: the run's `RunState`, handed to every callback that defines
+        `set_run_state` (before `set_model`), so none reads the model's internals."""
         from tfk_trainer.callbacks import keras_compat
 
         self.callbacks = keras_compat.flatten(callbacks or [])
@@ -167,8 +136,11 @@ class CallbackList:
                 )
         keras_compat.check_supported(self.callbacks)  # before anything runs or trains
         self.model = model
+        self.run_state = run_state
         self.set_params(params)
         for cb in self.callbacks:
+            if run_state is not None and hasattr(cb, "set_run_state"):
+                cb.set_run_state(run_state)
             cb.set_model(model)
         keras_compat.resolve_auto_modes(self.callbacks, model)
         self._batch_hooks = {

@@ -28,7 +28,7 @@ from tfk_trainer import checkpoint as checkpoint_lib
 from tfk_trainer import distribute, paths
 from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
-from tfk_trainer.engine.loop import Position
+from tfk_trainer.engine.run_state import Position
 
 log = logging.getLogger("tfk_trainer")
 
@@ -83,6 +83,15 @@ class BackupAndRestore(Callback):
 
     # -- setup -----------------------------------------------------------
 
+    def _state(self) -> Any:
+        """The run's RunState (position, resume point), set by the CallbackList."""
+        if self.run_state is None:
+            raise RuntimeError(
+                "BackupAndRestore works only inside tfk_trainer's `Model.fit` (it needs the "
+                "run's training position); received no run state."
+            )
+        return self.run_state
+
     def _checkpoint(self) -> tf.train.Checkpoint:
         model = self.model
         with tf.init_scope():
@@ -119,7 +128,7 @@ class BackupAndRestore(Callback):
                 advice=". Use another `backup_dir`, or delete this one to start over.",
             )
             p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
-            model._resume_from = Position(
+            self._state().resume_from = Position(
                 epoch=p["epoch"],
                 step=p["step"],
                 consumed=p["consumed"],
@@ -148,7 +157,7 @@ class BackupAndRestore(Callback):
     # -- saving ----------------------------------------------------------
 
     def _save(self) -> None:
-        position = self.model._position
+        position = self._state().position
         values = {
             "epoch": position.epoch,
             "step": position.step,
@@ -168,7 +177,7 @@ class BackupAndRestore(Callback):
             self._restore_sigterm_handler()
             raise Preempted(
                 f"SIGTERM received: backup saved to {self.backup_dir!r} at epoch "
-                f"{self.model._position.epoch}, step {self.model._position.step}; rerun the same "
+                f"{self._state().position.epoch}, step {self._state().position.step}; rerun the same "
                 "command to resume."
             )
         if isinstance(self.save_freq, int):

@@ -113,11 +113,10 @@ def _named_metrics(model: Any) -> list[tuple[str, Any]]:
     pairs: list[tuple[str, Any]] = []
     if model is None:
         return pairs
-    objectives = getattr(model, "_objectives", None)
-    for compiled in getattr(objectives, "metrics", None) or []:
-        metric = getattr(compiled, "metric", None)
-        if metric is not None and hasattr(compiled, "name"):
-            pairs.append((compiled.name, metric))
+    # tfk_trainer's Model: every metric under the name it is logged as.
+    by_name = getattr(model, "metrics_by_name", None)
+    if isinstance(by_name, dict):
+        pairs.extend(by_name.items())
     # A model that is not built lists no metrics (an empty list, no error). Any
     # other failure to list them is raised: skipping them would let mode="auto"
     # guess the direction from the name alone, possibly the wrong way.

@@ -307,8 +307,7 @@ class TensorBoard(Callback):
         return self.update_freq == "epoch" and not self._profile_start
 
     def _steps_per_execution(self) -> int:
-        config = getattr(self.model, "_compile_config", None)
-        value = getattr(config, "steps_per_execution", 1)
+        value = getattr(self.run_state, "steps_per_execution", 1)
         return value if isinstance(value, int) and value > 0 else 1  # "auto": tuned, >= 1
 
     def _learning_rate(self) -> float | None:
@@ -342,11 +341,9 @@ class TensorBoard(Callback):
         """Whether summaries inside the model record: batch cadence, chief, no XLA."""
         if self.update_freq == "epoch" or not self._chief:
             return False
-        executor = getattr(self.model, "_executor", None)
-        train = getattr(executor, "train", None)
         # XLA cannot compile summary ops; a traced summary would make the
         # compile fail (or silently cost the XLA speed-up under "auto").
-        return not bool(getattr(train, "jit_compile", False))
+        return not bool(getattr(self.run_state, "jit_compile", False))
 
     def _should_record(self) -> Any:
         """The recording condition, evaluated where a summary is written.

@@ -22,7 +22,7 @@ engine's step code has Python control flow only on Python values, so
 neither needs autograph. It is used only when the step runs user code that
 autograph converts: an override of a step hook, a network that is not a
 Keras layer, or a loss class, loss function or metric class defined outside
-Keras and the engine (`Model._step_autograph`; Keras itself is never
+Keras and the engine (`engine.build.step_autograph`; Keras itself is never
 converted, by Keras's fit either).
 Converting the engine's own functions cost seconds of a fresh process's
 first `fit()` (docs/benchmarks.md, "Cold start") and built the same graph.
@@ -91,14 +91,17 @@ def resolve_jit_compile(
 _LIBRARIES = ("keras", "tf_keras", "tensorflow")
 # The engine's step code (the Model's steps and loss arithmetic, compile's loss
 # wrapper); other tfk_trainer modules (the binary's models) count as user code.
-_ENGINE_MODULES = ("tfk_trainer.model", "tfk_trainer.compile")
+def _engine_module(module: str) -> bool:
+    """tfk_trainer's own code (the model facade, the engine, compile's loss
+    wrappers), which has no Python control flow on tensors."""
+    return module == "tfk_trainer" or module.startswith("tfk_trainer.")
 
 
 def library_code(fn: Any) -> bool:
     """`fn` is Keras's or TensorFlow's (which autograph never converts) or the
     engine's step code (which has no Python control flow on tensors)."""
     module = getattr(fn, "__module__", None) or ""
-    return module in _ENGINE_MODULES or module.split(".")[0] in _LIBRARIES
+    return _engine_module(module) or module.split(".")[0] in _LIBRARIES
 
 
 def loss_needs_autograph(loss: Any) -> bool:
@@ -109,7 +112,7 @@ def loss_needs_autograph(loss: Any) -> bool:
     if not library_code(call):
         return True
     fn = getattr(loss, "fn", None)
-    wrapped_by_engine = getattr(call, "__module__", None) in _ENGINE_MODULES
+    wrapped_by_engine = _engine_module(getattr(call, "__module__", None) or "")
     return wrapped_by_engine and fn is not None and not library_code(fn)
 
 

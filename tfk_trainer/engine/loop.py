@@ -14,16 +14,22 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfk_trainer import distribute
-from tfk_trainer.callbacks.base import CallbackList, LazyLogs
 from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.engine.execution import XlaFallback
+from tfk_trainer.engine.logs import LazyLogs
+from tfk_trainer.engine.run_state import Position, RunState
 from tfk_trainer.engine.tuning import StepsPerExecutionTuner, cut_at_intervals
+
+if TYPE_CHECKING:  # the driver receives a CallbackList; it never imports the callbacks
+    from tfk_trainer.callbacks.base import CallbackList
+
+__all__ = ["Driver", "EpochPlan", "Iterators", "PeerUnavailableError", "Position"]
 
 log = logging.getLogger("tfk_trainer")
 
@@ -129,17 +135,6 @@ class Iterators:
         return iterator, True
 
 
-@dataclass
-class Position:
-    """Where training stands: enough to resume exactly (see BackupAndRestore)."""
-
-    epoch: int = 0  # the epoch in progress (or the next one, with step 0)
-    step: int = 0  # steps done in that epoch
-    consumed: int = 0  # batches drawn from a persistent iterator since it was made
-    first_epoch: int = 0  # the epoch a persistent iterator started at
-    data_seed: int | None = None  # the array adapter's shuffle seed
-
-
 class PeerUnavailableError(RuntimeError):
     """A worker of a multi-worker cluster died or became unreachable."""
 
@@ -205,17 +200,24 @@ def _run_execution(
 
 
 class Driver:
-    """Runs fit, evaluate and predict over a model's compiled functions."""
+    """Runs fit, evaluate and predict over a run's compiled functions.
 
-    def __init__(self, model: Any):
+    `model` is used only through its public API (`reset_metrics`,
+    `metrics_names`, `distribute_strategy`, `stop_training`, `optimizer`); everything of the
+    engine (compiled functions, execution lengths, the training position)
+    comes from `state`, the run's `RunState`.
+    """
+
+    def __init__(self, model: Any, state: RunState):
         self.model = model
+        self.state = state
 
     def _tuner(self, mode: str, callbacks: CallbackList) -> StepsPerExecutionTuner | None:
         """The tuner that sets this call's execution lengths (None: the compiled value)."""
-        tuner = self.model._execution_lengths.tuner(
+        tuner = self.state.execution_lengths.tuner(
             mode,
             observed=callbacks.watches_every_batch(mode),
-            fold=self.model.fold_executions,
+            fold=self.state.fold_executions,
         )
         if tuner is not None:
             tuner.reset_for_call()
@@ -223,7 +225,7 @@ class Driver:
 
     def _requested(self, tuner: StepsPerExecutionTuner | None, plan: EpochPlan, step: int) -> int:
         steps_left = None if plan.steps is None else plan.steps - step
-        return self.model._execution_lengths.steps(tuner, steps_left)
+        return self.state.execution_lengths.steps(tuner, steps_left)
 
     # -- evaluate ----------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Driver:
         callbacks.on_test_begin()
         plan.adapter.on_epoch_begin(0)
         iterator = iterators.for_epoch(0)
-        function = model._executor.test
+        function = self.state.executor.test
         tuner = self._tuner("test", callbacks)
         step = 0
         while plan.steps is None or step < plan.steps:
@@ -270,7 +272,7 @@ class Driver:
                 "`evaluate` received no data: the input yielded no batches (an empty dataset, "
                 "generator or `validation_data`)."
             )
-        logs = model._materialized_logs()
+        logs = self.state.materialized_logs()
         callbacks.on_test_end(logs)
         return logs
 
@@ -290,7 +292,7 @@ class Driver:
             requested = self._requested(tuner, plan, step)
             try:
                 ran_t, outputs = _run_execution(
-                    model._executor.predict, iterators, iterator, requested, tuner
+                    self.state.executor.predict, iterators, iterator, requested, tuner
                 )
             except XlaFallback:
                 iterator = iterators.reset(0)
@@ -337,10 +339,10 @@ class Driver:
         position = Position(
             epoch=initial_epoch, first_epoch=initial_epoch, data_seed=getattr(adapter, "seed", None)
         )
-        model._position = position
+        self.state.position = position
         callbacks.on_train_begin()
-        resume = model._resume_from
-        model._resume_from = None
+        resume = self.state.resume_from
+        self.state.resume_from = None
         skip = 0
         if resume is not None:
             # A backup was restored (weights, optimizer, metrics): continue at its position.
@@ -376,7 +378,7 @@ class Driver:
                 callbacks.on_train_batch_begin(step)
                 try:
                     ran_t = _run_execution(
-                        model._executor.train, iterators, iterator, requested, tuner
+                        self.state.executor.train, iterators, iterator, requested, tuner
                     )
                 except XlaFallback:
                     if step:
@@ -418,7 +420,7 @@ class Driver:
                 )
                 model.stop_training = True
                 break
-            epoch_logs = model._materialized_logs()
+            epoch_logs = self.state.materialized_logs()
             if validation is not None and should_validate(epoch, validation_freq):
                 val_logs = validation()
                 epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
@@ -443,7 +445,7 @@ class Driver:
         callbacks.on_train_end(epoch_logs)
 
     def _lazy_logs(self) -> LazyLogs:
-        return LazyLogs(self.model.metrics_names, self.model._executor.read_logs)
+        return LazyLogs(self.model.metrics_names, self.state.read_logs)
 
 
 def drop_padding(outputs_and_valid: tuple) -> Any:

@@ -1,0 +1,380 @@
+"""Building a model for a run: its variables, compiled functions, loss and metrics.
+
+The model's own module (it reads and writes the model's `EngineState`):
+`build_network` creates the variables eagerly on a dummy batch and makes
+the compiled functions; `ensure_built` then resolves the compiled losses
+and metrics against the data's targets and builds the optimizer. The
+checks that name a bad argument before anything is traced (labels out of
+range, validation inputs the model cannot take, a static batch that does
+not split across replicas) live here too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfk_trainer import compile as compile_lib
+from tfk_trainer import distribute
+from tfk_trainer.data import adapters as adapters_lib
+from tfk_trainer.engine import checks, execution
+from tfk_trainer.engine import variables as variables_lib
+from tfk_trainer.engine.replica import LossTracker
+from tfk_trainer.engine.tuning import ExecutionLengths
+
+
+class Executor:
+    """A model's compiled functions for one compile() and strategy."""
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        train_step: Any,
+        test_step: Any,
+        predict_replica: Any,
+        output_structure: Any,
+        read_logs: Any,
+        jit: bool,
+        allow_fallback: bool,
+        run_eagerly: bool,
+        autograph: Any,
+    ):
+        """`autograph`: a callable asked when each compiled function is first
+        built (see `step_autograph`)."""
+        self.train = execution.CompiledFunction(
+            lambda j, exact: execution.make_step_loop(
+                strategy,
+                train_step,
+                jit=j,
+                run_eagerly=run_eagerly,
+                exact=exact,
+                autograph=autograph(),
+            ),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="train",
+        )
+        self.test = execution.CompiledFunction(
+            lambda j, exact: execution.make_step_loop(
+                strategy,
+                test_step,
+                jit=j,
+                run_eagerly=run_eagerly,
+                exact=exact,
+                autograph=autograph(),
+            ),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="test",
+        )
+        self.predict = execution.CompiledFunction(
+            lambda j, exact: execution.make_predict_loop(
+                strategy,
+                predict_replica,
+                (output_structure, tf.TensorSpec([None], tf.bool)),
+                jit=j,
+                run_eagerly=run_eagerly,
+                exact=exact,
+                autograph=autograph(),
+            ),
+            jit_compile=jit,
+            allow_fallback=allow_fallback,
+            kind="predict",
+        )
+        # Read eagerly: it runs once per epoch or progress-bar refresh, where a
+        # few eager reads cost less than a traced function per model (and TF's
+        # retracing detector would warn once a process has built five models).
+        self.read_logs = read_logs
+
+
+# Model methods a step calls that a subclass may override.
+_STEP_HOOKS = (
+    "train_step",
+    "test_step",
+    "predict_step",
+    "compute_loss",
+    "compute_metrics",
+    "call",
+    "__call__",
+)
+
+
+def step_autograph(model: Any) -> bool:
+    """Whether the model's compiled steps are traced with autograph.
+
+    Only when a step runs user code that autograph converts: an override of a
+    step hook (`train_step`, `compute_loss`, `call`, ...), a network that is not
+    a Keras layer (a `tf.Module`, a function), or a loss, loss function or
+    metric class defined outside Keras and the engine. Keras layers are never
+    converted (autograph skips Keras, as Keras's own fit does), and the
+    engine's step code has no Python control flow on tensors: converting it
+    built the same graph and cost seconds of a fresh process's first step.
+    Asked when a compiled function is first built, so the compiled losses and
+    metrics are known.
+    """
+    cls = type(model)
+    if not all(execution.library_code(getattr(cls, name, None)) for name in _STEP_HOOKS):
+        return True
+    if model.network is not None and not isinstance(model.network, keras.layers.Layer):
+        return True
+    objectives = model._state.objectives
+    if objectives is None:
+        return False
+    if any(execution.loss_needs_autograph(o.loss) for o in objectives.outputs if o.loss):
+        return True
+    return not all(
+        execution.library_code(getattr(type(m.metric), "update_state", None))
+        for m in objectives.metrics
+    )
+
+
+def accepts_training(fn: Any) -> bool:
+    """Whether `fn` takes a `training` argument (or **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
+    """A one-batch dummy for `spec` (unknown dims as 1)."""
+    shape = (
+        [1 if d is None else d for d in spec.shape.as_list()]
+        if spec.shape.rank is not None
+        else [1]
+    )
+    if spec.dtype == tf.string:
+        return tf.fill(shape, "")
+    return tf.zeros(shape, spec.dtype)
+
+
+def build_network(model: Any, x_spec: Any) -> None:
+    """Creates the network's variables and the compiled functions.
+
+    Runs once, eagerly and under the strategy scope, on zeros shaped like
+    one batch, so no variable is ever created inside a step.
+    """
+    state = model._state
+    if state.network_built:
+        return
+    if state.compile_config is None:
+        state.strategy = tf.distribute.get_strategy()
+        state.jit = execution.resolve_jit_compile("auto", state.strategy, model.run_eagerly)
+    with model.distribute_strategy.scope():
+        dummy = tf.nest.map_structure(zeros_for, x_spec)
+        try:
+            y_pred = model(dummy, training=False)
+        except Exception as e:
+            # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
+            raise ValueError(checks.model_call_failure(e, x_spec)) from e
+    state.output_structure = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+    )
+    state.sample_output = y_pred
+    state.input_spec = x_spec
+    state.trainable, state.non_trainable, state.layers, state.user_metrics = (
+        variables_lib.collect(model)
+    )
+    config = state.compile_config
+    state.executor = Executor(
+        model.distribute_strategy,
+        train_step=model.train_step,
+        test_step=model.test_step,
+        predict_replica=model._predict_replica,
+        output_structure=state.output_structure,
+        read_logs=lambda: metric_results(state),
+        jit=state.jit,
+        allow_fallback=config is None or config.jit_compile == "auto",
+        run_eagerly=model.run_eagerly,
+        autograph=lambda: step_autograph(model),
+    )
+    state.network_built = True
+
+
+def ensure_built(model: Any, element_spec: tuple) -> None:
+    """Builds the network, then resolves loss and metrics and builds the optimizer."""
+    build_network(model, element_spec[0])
+    state = model._state
+    if state.built:
+        return
+    y_spec = element_spec[1] if len(element_spec) > 1 else None
+    config = state.compile_config
+    with model.distribute_strategy.scope():
+        objectives = compile_lib.build_objectives(
+            config, y_spec, state.sample_output, model._model_output_names()
+        )
+        has_loss = any(o.loss is not None for o in objectives.outputs)
+        if has_loss and y_spec is None:
+            raise ValueError(
+                "The model was compiled with a loss, but the data has no targets `y`. "
+                "Pass `y`, or yield `(x, y)` from the dataset."
+            )
+        if has_loss and any(spec.dtype == tf.string for spec in tf.nest.flatten(y_spec)):
+            raise TypeError(
+                f"The targets `y` are strings ({y_spec}), but the loss needs numbers. "
+                "Encode the labels as integers (e.g. with keras.layers.StringLookup) first."
+            )
+        if not has_loss and not model.losses and not model._custom_train_step():
+            raise ValueError(
+                "The model has no loss to optimize: pass `loss` to compile() (or add "
+                "losses with `add_loss` in a Keras layer)."
+            )
+        # No compiled loss and a custom train_step (a GAN, say): no `loss` log.
+        state.loss_tracker = LossTracker(name="loss") if has_loss or model.losses else None
+        state.output_trackers = [
+            LossTracker(name=o.log_name) if o.log_name else None for o in objectives.outputs
+        ]
+        if not model.optimizer.built:
+            model.optimizer.build(state.trainable)
+    if len(element_spec) > 2:
+        objectives.flatten_weights(element_spec[2])  # unknown output keys: a clear error now
+    # Targets the loss cannot take: named now, not from inside the traced step. The
+    # output spec is exact only when the inputs' dims are (the model was called on
+    # a dummy batch); custom steps may transform `y` before any loss sees it.
+    if y_spec is not None and model._standard_steps() and checks.fully_known(element_spec[0]):
+        checks.check_targets_fit_losses(objectives, y_spec, state.output_structure)
+    state.objectives = objectives
+    state.y_spec = y_spec
+    state.built = True
+
+
+def configure(state: Any, **compile_args: Any) -> Any:
+    """`compile()`: checks the arguments and resets the engine state; returns the
+    optimizer (a LossScaleOptimizer under "mixed_float16" with `auto_scale_loss`).
+
+    The strategy in scope now is the one every later run uses.
+    """
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        config = compile_lib.check_compile_args(**compile_args)
+        jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
+        policy = keras.config.dtype_policy()
+        if (
+            compile_args.get("auto_scale_loss", True)
+            and getattr(policy, "name", "") == "mixed_float16"
+            and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
+        ):
+            config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
+    state.strategy = strategy
+    state.jit = jit
+    state.compile_config = config
+    state.execution_lengths = ExecutionLengths(
+        config.steps_per_execution,
+        can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
+    )
+    state.objectives = None
+    state.loss_tracker = None
+    state.built = False
+    state.network_built = False
+    state.executor = None
+    return config.optimizer
+
+
+def metric_objects(state: Any) -> list:
+    """`model.metrics`: loss trackers, compiled metrics, metrics held as attributes."""
+    if not state.built:
+        return []
+    trackers = [t for t in [state.loss_tracker] + state.output_trackers if t is not None]
+    return trackers + [m.metric for m in state.objectives.metrics] + list(state.user_metrics)
+
+
+def metrics_by_name(state: Any) -> dict[str, Any]:
+    """Every metric of a built model under its log name: loss trackers, compiled
+    metrics, then metrics held as attributes (the order of `model.metrics`)."""
+    named: dict[str, Any] = {}
+    if not state.built:
+        return named
+    for tracker in [state.loss_tracker] + state.output_trackers:
+        if tracker is not None:
+            named.setdefault(tracker.name, tracker)
+    for compiled in state.objectives.metrics:
+        named.setdefault(compiled.name, compiled.metric)
+    for metric in state.user_metrics:
+        named.setdefault(metric.name, metric)
+    return named
+
+
+def metrics_names(state: Any) -> list[str]:
+    """The names of `evaluate()`'s list, in its order."""
+    if not state.built:
+        return []
+    loss = ["loss"] if state.loss_tracker is not None else []
+    return loss + state.objectives.metric_names + [m.name for m in state.user_metrics]
+
+
+def metric_results(state: Any) -> dict[str, tf.Tensor]:
+    """The logs as device tensors (read eagerly by the driver and the callbacks)."""
+    results = {}
+    if state.loss_tracker is not None:
+        results["loss"] = state.loss_tracker.result()
+    for output, tracker in zip(state.objectives.outputs, state.output_trackers):
+        if tracker is not None:
+            results[output.log_name] = tracker.result()
+    for compiled in state.objectives.metrics:
+        results[compiled.name] = compiled.metric.result()
+    for metric in state.user_metrics:
+        results[metric.name] = metric.result()
+    return results
+
+
+def check_labels(model: Any, adapter: Any, argument: str = "y") -> None:
+    """Sparse labels out of range, for in-memory arrays (one min/max per label array).
+
+    Without it TensorFlow raises from inside the step on a CPU, and under XLA
+    or on a GPU the loss silently becomes NaN.
+    """
+    if not isinstance(adapter, adapters_lib.ArrayAdapter) or not model._standard_steps():
+        return
+    arrays = adapter.arrays
+    state = model._state
+    if len(arrays) > 1 and state.objectives is not None:
+        checks.check_sparse_labels(state.objectives, arrays[1], state.sample_output, argument)
+
+
+def check_validation_inputs(model: Any, val_spec: tuple, train_spec: tuple) -> None:
+    """Raises a ValueError naming `validation_data` when its inputs cannot feed the
+    model, before training starts (not from inside the traced validation step).
+
+    Inputs with the training inputs' structure and known non-batch dims pass at
+    no cost. Others (a different feature count, other dict keys, or sequences of
+    another length) are tried on the model with a dummy batch, eagerly, as the
+    model was built: a model that accepts several shapes is not rejected.
+    """
+    given, expected = val_spec[0], train_spec[0]
+    if checks.inputs_compatible(given, expected):
+        return
+    try:
+        with model.distribute_strategy.scope():
+            model(tf.nest.map_structure(zeros_for, given), training=False)
+    except Exception as e:  # noqa: BLE001 - reported naming the argument, cause kept
+        raise ValueError(
+            f"The inputs of `validation_data` do not fit the model: received inputs of "
+            f"shape {checks.describe_spec(given)}, but the training data `x` has "
+            f"{checks.describe_spec(expected)} (the model was built on it). Calling the "
+            f"model on the validation inputs failed: {checks.short_reason(e)}."
+        ) from e
+
+
+def check_static_batch(strategy: tf.distribute.Strategy, adapter: Any) -> None:
+    """Static shapes split every batch evenly across replicas: say so before training."""
+    replicas = distribute.num_replicas(strategy)
+    size = adapter.batch_size
+    if size is not None and size % replicas:
+        raise ValueError(
+            f"Static-shape mode splits each batch evenly across the {replicas} replicas, "
+            f"but the batch size is {size}. Use a batch size divisible by {replicas}."
+        )
+
+
+def network_takes_training(network: Any) -> bool:
+    """Whether calling `network` passes `training=` (always for Keras layers)."""
+    if network is None:
+        return False
+    if isinstance(network, keras.layers.Layer):
+        return True
+    return accepts_training(network)

@@ -94,8 +94,8 @@ def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
             step = ckpt_lib.step_of(path)
             record = {"checkpoint": path, "global_step": step, "test": results, "time": time.time()}
             if chief:
-                os.makedirs(model_dir, exist_ok=True)
-                with open(paths.eval_stream, "a") as f:
+                tf.io.gfile.makedirs(model_dir)
+                with tf.io.gfile.GFile(paths.eval_stream, "a") as f:
                     f.write(json.dumps(summary_lib.to_jsonable(record)) + "\n")
                 logs_lib.write_evaluation(writer, results, step or 0)
             print(f"evaluated {os.path.basename(path)}: {results}", flush=True)
@@ -136,7 +136,7 @@ def predict(config: Any, model_dir: str, started: float) -> int:
         inputs["x"] = inputs["x"].map(lambda x, y: x)
     predictions = model.predict(**inputs, verbose=0)
     if tfk.distribute.is_chief(strategy):
-        os.makedirs(model_dir, exist_ok=True)
+        tf.io.gfile.makedirs(model_dir)
         with tf.io.gfile.GFile(paths.predictions, "wb") as f:
             np.save(f, np.asarray(predictions))
     summary = _base_summary(config, "predict", model_dir, strategy)

@@ -48,7 +48,8 @@ def _base_summary(config: Any, mode: str, model_dir: str, strategy: Any) -> dict
         "mode": mode,
         "model": config.model.name,
         "data": config.data.name,
-        "model_dir": os.path.abspath(model_dir),
+        # A URL (gs://...) as given: abspath would glue it onto the working directory.
+        "model_dir": model_dir if "://" in model_dir else os.path.abspath(model_dir),
         "strategy": config.runtime.strategy,
         "replicas": tfk.distribute.num_replicas(strategy),
         "mixed_precision": config.runtime.mixed_precision,

@@ -379,7 +379,7 @@ def test_bad_class_weight_value_keeps_the_conversion_error_as_cause():
 
 
 def test_schedule_output_that_keras_cannot_convert_keeps_the_cause():
-    from tfk_trainer.callbacks.standard import _as_lr
+    from tfk_trainer.callbacks.learning_rate import _as_lr
 
     with pytest.raises(ValueError, match="should be a float") as info:
         _as_lr([[1.0], [1.0, 2.0]])

@@ -7,16 +7,12 @@ from tfk_trainer.callbacks.checkpoint import (
     ModelCheckpoint,
     Preempted,
 )
+from tfk_trainer.callbacks.csv_logger import CSVLogger
+from tfk_trainer.callbacks.early_stopping import EarlyStopping
 from tfk_trainer.callbacks.history import History
+from tfk_trainer.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
+from tfk_trainer.callbacks.misc import LambdaCallback, TerminateOnNaN
 from tfk_trainer.callbacks.progbar import ProgbarLogger
-from tfk_trainer.callbacks.standard import (
-    CSVLogger,
-    EarlyStopping,
-    LambdaCallback,
-    LearningRateScheduler,
-    ReduceLROnPlateau,
-    TerminateOnNaN,
-)
 from tfk_trainer.callbacks.tensorboard import TensorBoard
 
 __all__ = [

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -41,105 +40,23 @@ import tensorflow as tf
 
 from tfk_trainer import compat, distribute, paths
 from tfk_trainer.callbacks.base import Callback
+from tfk_trainer.callbacks.tensorboard_args import (
+    _parse_profile_batch,
+    check_epoch_axis,
+    check_histogram_freq,
+    check_update_freq,
+    warn_embeddings,
+)
+from tfk_trainer.callbacks.tensorboard_summaries import (
+    _as_tf_variable,
+    _NextStep,
+    _to_float,
+    _trace_off,
+    current_learning_rate,
+    write_weight_summaries,
+)
 
 log = logging.getLogger("tfk_trainer")
-
-_UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-class _NextStep:
-    """The default summary step during fit: the optimizer step being computed.
-
-    In-model summaries run in the forward pass, before the optimizer
-    increments `iterations`, so the step they belong to is `iterations + 1`
-    (the same numbering as the `batch_*` scalars, which are written after
-    the step, at `iterations`). The value is read in the graph each time a
-    summary is written, which is what makes one traced function log each
-    step at its own step; a Python int would be frozen at trace time.
-
-    A summary written *after* `optimizer.apply` in a custom `train_step`
-    reads the already incremented counter and lands one step later.
-    """
-
-    def __init__(self, iterations: Any):
-        self._iterations = iterations
-
-    def __tf_tensor__(self, dtype: tf.DType | None = None, name: str | None = None) -> tf.Tensor:
-        value = tf.cast(tf.convert_to_tensor(self._iterations), tf.int64) + 1
-        return value if dtype is None else tf.cast(value, dtype)
-
-    def numpy(self) -> np.int64:
-        return np.int64(int(tf.convert_to_tensor(self._iterations).numpy()) + 1)
-
-    def __int__(self) -> int:
-        return int(self.numpy())
-
-    def __repr__(self) -> str:
-        return f"<optimizer step: iterations + 1 = {int(self)}>"
-
-
-def _as_tf_variable(variable: Any) -> Any:
-    """The `tf.Variable` behind a Keras variable (its `.value`), else the object itself."""
-    if isinstance(variable, tf.Variable):
-        return variable
-    inner = getattr(variable, "value", None)
-    if isinstance(inner, tf.Variable):
-        return inner
-    return variable
-
-
-def _to_float(value: Any) -> float | None:
-    """A Python float for a scalar log value, or None when it is not a scalar number."""
-    try:
-        if hasattr(value, "numpy"):
-            value = value.numpy()
-        elif not isinstance(value, (int, float, np.number, np.ndarray)):
-            value = tf.convert_to_tensor(value).numpy()
-        array = np.asarray(value)
-        if array.size != 1 or not np.issubdtype(array.dtype, np.number):
-            return None
-        return float(array.reshape(()))
-    except (TypeError, ValueError):
-        return None
-
-
-def _variable_tag(variable: Any) -> str:
-    """A summary tag for a variable: its path (Keras) or name (tf), made safe."""
-    name = getattr(variable, "path", None) or getattr(variable, "name", None) or "variable"
-    name = str(name)
-    if name.endswith(":0"):
-        name = name[:-2]
-    return _UNSAFE_TAG_CHARS.sub("_", name)
-
-
-def _parse_profile_batch(profile_batch: Any) -> tuple[int, int]:
-    """`(start, stop)` optimizer steps, 1-indexed; `(0, 0)` disables profiling."""
-    value = profile_batch
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        try:
-            value = tuple(int(p) for p in parts)
-        except ValueError:
-            value = None
-        if value is not None and len(value) == 1:
-            value = value[0]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        start = stop = int(value)
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        start, stop = int(value[0]), int(value[1])
-    else:
-        start, stop = -1, -1
-    if start < 0 or stop < start or (start == 0) != (stop == 0):
-        raise ValueError(
-            "`profile_batch` must be a non-negative int (one step; 0 disables profiling) or "
-            "a pair `(start, stop)` of positive optimizer steps with start <= stop; "
-            f"received {profile_batch!r}."
-        )
-    return start, stop
 
 
 class TensorBoard(Callback):
@@ -191,46 +108,16 @@ class TensorBoard(Callback):
     ) -> None:
         super().__init__()
         self.log_dir = os.fspath(log_dir)
-        if epoch_axis not in ("epoch", "step"):
-            raise ValueError(
-                '`epoch_axis` must be "epoch" (epoch scalars at the epoch index, as Keras) or '
-                f'"step" (at the optimizer step count); received {epoch_axis!r}.'
-            )
-        self.epoch_axis = epoch_axis
-        if (
-            isinstance(histogram_freq, bool)
-            or not isinstance(histogram_freq, (int, np.integer))
-            or histogram_freq < 0
-        ):
-            raise ValueError(
-                f"`histogram_freq` must be a non-negative int; received {histogram_freq!r}."
-            )
-        self.histogram_freq = int(histogram_freq)
+        self.epoch_axis = check_epoch_axis(epoch_axis)
+        self.histogram_freq = check_histogram_freq(histogram_freq)
         self.write_graph = bool(write_graph)
         self.write_images = bool(write_images)
         self.write_steps_per_second = bool(write_steps_per_second)
-        if update_freq == "batch":
-            update_freq = 1
-        if update_freq != "epoch" and (
-            isinstance(update_freq, bool)
-            or not isinstance(update_freq, (int, np.integer))
-            or update_freq < 1
-        ):
-            raise ValueError(
-                '`update_freq` must be "epoch", "batch" or a positive int (log every N '
-                f"optimizer steps); received {update_freq!r}."
-            )
-        self.update_freq: str | int = update_freq if update_freq == "epoch" else int(update_freq)
+        self.update_freq: str | int = check_update_freq(update_freq)
         self._profile_start, self._profile_stop = _parse_profile_batch(profile_batch)
         self.embeddings_freq = embeddings_freq
         self.embeddings_metadata = embeddings_metadata
-        if embeddings_freq or embeddings_metadata is not None:
-            warnings.warn(
-                "TensorBoard(embeddings_freq=..., embeddings_metadata=...) is accepted for "
-                "Keras compatibility, but the embedding projector is not supported; no "
-                "embeddings are written.",
-                stacklevel=2,
-            )
+        warn_embeddings(embeddings_freq, embeddings_metadata)
 
         self._train_dir = os.path.join(self.log_dir, "train")
         self._val_dir = os.path.join(self.log_dir, "validation")
@@ -311,21 +198,7 @@ class TensorBoard(Callback):
         return value if isinstance(value, int) and value > 0 else 1  # "auto": tuned, >= 1
 
     def _learning_rate(self) -> float | None:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return None
-        try:
-            lr = optimizer.learning_rate
-        except (AttributeError, TypeError, ValueError):
-            return None
-        # Keras resolves a schedule in `learning_rate`; a bare callable or
-        # schedule object (other optimizers) is evaluated at the true step.
-        if callable(lr) and not hasattr(lr, "numpy") and not isinstance(lr, tf.Variable):
-            try:
-                lr = lr(optimizer.iterations)
-            except TypeError:
-                lr = lr()
-        return _to_float(lr)
+        return current_learning_rate(getattr(self.model, "optimizer", None))
 
     def _write_scalars(self, run: str, prefix: str, values: Mapping[str, Any], step: int) -> None:
         writer = self._writer(run)
@@ -581,22 +454,8 @@ class TensorBoard(Callback):
     def _log_weights(self, epoch: int) -> None:
         """Histograms (and with write_images, 2-D kernels as images) at step `epoch`
         (the epoch index, or the optimizer step with `epoch_axis="step"`)."""
-        seen: dict[str, int] = {}
         with self._writer("train").as_default(), tf.summary.record_if(True):
-            for variable in self.model.trainable_variables:
-                tag = _variable_tag(variable)
-                count = seen.get(tag, 0)
-                seen[tag] = count + 1
-                if count:
-                    tag = f"{tag}_{count}"
-                value = tf.convert_to_tensor(_as_tf_variable(variable))
-                tf.summary.histogram(tag, value, step=epoch)
-                if self.write_images and value.shape.rank == 2:
-                    image = tf.cast(value, tf.float32)
-                    low, high = tf.reduce_min(image), tf.reduce_max(image)
-                    image = tf.math.divide_no_nan(image - low, high - low)
-                    image = tf.reshape(image, [1, value.shape[0], value.shape[1], 1])
-                    tf.summary.image(f"{tag}_image", image, step=epoch)
+            write_weight_summaries(self.model.trainable_variables, epoch, self.write_images)
 
     def _on_train_abort(self) -> None:
         """Fit raised: stop the profiler and graph trace now and flush what was written
@@ -629,16 +488,3 @@ class TensorBoard(Callback):
             self._record_var = None
         self._keep_train_writer = False
         self._close_writers()
-
-
-def _trace_off() -> None:
-    """Stops the graph trace; a failure is reported, not raised: the graph is optional
-    and the fit (or the error that ended it) goes on."""
-    try:
-        tf.summary.trace_off()
-    except Exception as e:  # noqa: BLE001 - optional, reported with the cause
-        warnings.warn(
-            f"TensorBoard could not stop tracing the train function's graph: "
-            f"{type(e).__name__}: {e}",
-            stacklevel=3,
-        )

@@ -178,79 +178,75 @@ def _run_check(section: str, entry: registry.Entry, values: dict[str, Any]) -> l
     return [str(p) for p in found or []]
 
 
-def resolve(config: Any) -> ml_collections.ConfigDict:
-    """The complete, checked config; raises `ConfigError` listing every problem."""
-    problems: list[str] = []
-    if not isinstance(config, (ml_collections.ConfigDict, dict)):
-        raise ConfigError(
-            [
-                f"get_config() must return an ml_collections.ConfigDict; it returned {_type_name(config)}."
-            ]
+def _unknown_sections(config: Any) -> list[str]:
+    """One problem per top-level key that is not a known section."""
+    return [
+        f"unknown config section '{key}'.{_suggest(key, list(config_lib.SECTIONS))} "
+        f"Accepted sections: {list(config_lib.SECTIONS)}."
+        for key in config.keys()
+        if key not in config_lib.SECTIONS
+    ]
+
+
+# model / data: the registered entry named by `name`, and how to list the names.
+_REGISTERED = {
+    "model": (registry.get_model, registry.model_names),
+    "data": (registry.get_dataset, registry.dataset_names),
+}
+
+
+def _resolve_registered(section: str, values: dict[str, Any], problems: list[str]) -> Any:
+    """A model/data section: its registered name first, then its keys."""
+    get, names = _REGISTERED[section]
+    name = values.get("name")
+    entry = None
+    if not isinstance(name, str) or name not in names():
+        kind = "model" if section == "model" else "dataset"
+        problems.append(
+            f"{section}.name {name!r} is not a registered {kind}; registered {kind}s: "
+            f"{names()} (register your own with @tfk_trainer.registry.register_{kind})."
         )
-    for key in config.keys():
-        if key not in config_lib.SECTIONS:
-            problems.append(
-                f"unknown config section '{key}'.{_suggest(key, list(config_lib.SECTIONS))} "
-                f"Accepted sections: {list(config_lib.SECTIONS)}."
-            )
-    sections = {s: _section_dict(config, s, problems) for s in config_lib.SECTIONS}
-    resolved: dict[str, Any] = {}
+    else:
+        entry = get(name)
+    return _resolve_entry_section(section, values, entry, problems)
 
-    # model / data: registered names first, then their keys.
-    lookups = {
-        "model": (registry.get_model, registry.model_names),
-        "data": (registry.get_dataset, registry.dataset_names),
-    }
-    for section, (get, names) in lookups.items():
-        values = sections[section]
-        if values is None:
-            continue
-        name = values.get("name")
-        entry = None
-        if not isinstance(name, str) or name not in names():
-            kind = "model" if section == "model" else "dataset"
-            problems.append(
-                f"{section}.name {name!r} is not a registered {kind}; registered {kind}s: "
-                f"{names()} (register your own with @tfk_trainer.registry.register_{kind})."
-            )
-        else:
-            entry = get(name)
-        resolved[section] = _resolve_entry_section(section, values, entry, problems)
 
-    for section in ("train", "eval", "runtime"):
-        values = sections[section]
-        if values is None:
-            continue
-        fields = config_lib.fixed_fields(section)
-        out = {}
-        for key, field in fields.items():
-            value = values.get(key, field.default)
-            problems.extend(_check_field(f"{section}.{key}", value, field))
-            out[key] = value
-        for key in values:
-            if key not in fields:
-                problems.append(
-                    f"unknown key '{section}.{key}'.{_suggest(key, list(fields))} "
-                    f"Accepted keys: {sorted(fields)}."
-                )
-        resolved[section] = out
+def _resolve_fixed(section: str, values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A train/eval/runtime section: every field (defaults filled in), checked."""
+    fields = config_lib.fixed_fields(section)
+    out = {}
+    for key, field in fields.items():
+        value = values.get(key, field.default)
+        problems.extend(_check_field(f"{section}.{key}", value, field))
+        out[key] = value
+    for key in values:
+        if key not in fields:
+            problems.append(
+                f"unknown key '{section}.{key}'.{_suggest(key, list(fields))} "
+                f"Accepted keys: {sorted(fields)}."
+            )
+    return out
 
-    if not problems:
-        runtime = resolved["runtime"]
-        if runtime["tpu"] and runtime["strategy"] not in ("tpu", "auto"):
-            problems.append(
-                f"runtime.tpu is set ({runtime['tpu']!r}) but runtime.strategy is "
-                f"{runtime['strategy']!r}; use strategy 'tpu' (or 'auto'), or leave tpu empty."
-            )
-        if runtime["mixed_precision"] == "mixed_float16" and runtime["strategy"] == "tpu":
-            problems.append(
-                "runtime.mixed_precision 'mixed_float16' is for GPUs; TPUs use 'mixed_bfloat16'."
-            )
-    # The entries' own checks (values, files), once their sections' keys and types are fine.
-    for section, get, names in (
-        ("model", registry.get_model, registry.model_names),
-        ("data", registry.get_dataset, registry.dataset_names),
-    ):
+
+def _runtime_combinations(runtime: dict[str, Any]) -> list[str]:
+    """Runtime settings that are fine alone but not together."""
+    problems = []
+    if runtime["tpu"] and runtime["strategy"] not in ("tpu", "auto"):
+        problems.append(
+            f"runtime.tpu is set ({runtime['tpu']!r}) but runtime.strategy is "
+            f"{runtime['strategy']!r}; use strategy 'tpu' (or 'auto'), or leave tpu empty."
+        )
+    if runtime["mixed_precision"] == "mixed_float16" and runtime["strategy"] == "tpu":
+        problems.append(
+            "runtime.mixed_precision 'mixed_float16' is for GPUs; TPUs use 'mixed_bfloat16'."
+        )
+    return problems
+
+
+def _entry_checks(resolved: dict[str, Any], problems: list[str]) -> None:
+    """The entries' own checks (values, files), once their sections' keys and types are
+    fine; their problems are appended to `problems`."""
+    for section, (get, names) in _REGISTERED.items():
         values = resolved.get(section)
         section_ok = values is not None and not any(
             p.startswith((f"{section}.", f"unknown key '{section}.")) for p in problems
@@ -259,6 +255,28 @@ def resolve(config: Any) -> ml_collections.ConfigDict:
             entry = get(values["name"])
             if entry.check is not None:
                 problems.extend(_run_check(section, entry, values))
+
+
+def resolve(config: Any) -> ml_collections.ConfigDict:
+    """The complete, checked config; raises `ConfigError` listing every problem."""
+    if not isinstance(config, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(
+            [
+                f"get_config() must return an ml_collections.ConfigDict; it returned {_type_name(config)}."
+            ]
+        )
+    problems = _unknown_sections(config)
+    sections = {s: _section_dict(config, s, problems) for s in config_lib.SECTIONS}
+    resolved: dict[str, Any] = {}
+    for section in _REGISTERED:
+        if sections[section] is not None:
+            resolved[section] = _resolve_registered(section, sections[section], problems)
+    for section in ("train", "eval", "runtime"):
+        if sections[section] is not None:
+            resolved[section] = _resolve_fixed(section, sections[section], problems)
+    if not problems:
+        problems.extend(_runtime_combinations(resolved["runtime"]))
+    _entry_checks(resolved, problems)
     if problems:
         raise ConfigError(problems)
 

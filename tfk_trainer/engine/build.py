@@ -45,45 +45,30 @@ class Executor:
     ):
         """`autograph`: a callable asked when each compiled function is first
         built (see `step_autograph`)."""
-        self.train = execution.CompiledFunction(
-            lambda j, exact: execution.make_step_loop(
-                strategy,
-                train_step,
-                jit=j,
-                run_eagerly=run_eagerly,
-                exact=exact,
-                autograph=autograph(),
-            ),
-            jit_compile=jit,
-            allow_fallback=allow_fallback,
-            kind="train",
-        )
-        self.test = execution.CompiledFunction(
-            lambda j, exact: execution.make_step_loop(
-                strategy,
-                test_step,
-                jit=j,
-                run_eagerly=run_eagerly,
-                exact=exact,
-                autograph=autograph(),
-            ),
-            jit_compile=jit,
-            allow_fallback=allow_fallback,
-            kind="test",
-        )
-        self.predict = execution.CompiledFunction(
-            lambda j, exact: execution.make_predict_loop(
-                strategy,
-                predict_replica,
-                (output_structure, tf.TensorSpec([None], tf.bool)),
-                jit=j,
-                run_eagerly=run_eagerly,
-                exact=exact,
-                autograph=autograph(),
-            ),
-            jit_compile=jit,
-            allow_fallback=allow_fallback,
-            kind="predict",
+
+        def compiled(make_loop: Any, fn: Any, kind: str, *extra: Any) -> Any:
+            return execution.CompiledFunction(
+                lambda j, exact: make_loop(
+                    strategy,
+                    fn,
+                    *extra,
+                    jit=j,
+                    run_eagerly=run_eagerly,
+                    exact=exact,
+                    autograph=autograph(),
+                ),
+                jit_compile=jit,
+                allow_fallback=allow_fallback,
+                kind=kind,
+            )
+
+        self.train = compiled(execution.make_step_loop, train_step, "train")
+        self.test = compiled(execution.make_step_loop, test_step, "test")
+        self.predict = compiled(
+            execution.make_predict_loop,
+            predict_replica,
+            "predict",
+            (output_structure, tf.TensorSpec([None], tf.bool)),
         )
         # Read eagerly: it runs once per epoch or progress-bar refresh, where a
         # few eager reads cost less than a traced function per model (and TF's

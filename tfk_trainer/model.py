@@ -518,7 +518,7 @@ class Model(ModelSurface, tf.Module):
     ) -> History:
         """Trains the model for a fixed number of epochs (dataset iterations).
 
-        As `keras.Model.fit` in the Keras 3 API docs, on tfk_trainer's own
+        As Keras's `Model.fit` in the Keras 3 API docs, on tfk_trainer's own
         engine; where it differs on purpose, see docs/differences.md.
 
         Args:
@@ -625,7 +625,7 @@ class Model(ModelSurface, tf.Module):
     ) -> Any:
         """Returns the loss value and metric values of the model in test mode.
 
-        Computed in batches, as `keras.Model.evaluate` in the Keras 3 API
+        Computed in batches, as Keras's `Model.evaluate` in the Keras 3 API
         docs. Under `static_shapes`, the last batch is padded and the padding
         ignored, so the results are exact.
 
@@ -693,7 +693,7 @@ class Model(ModelSurface, tf.Module):
     ) -> Any:
         """Generates output predictions for the input samples.
 
-        Computed in batches, for large inputs, as `keras.Model.predict` in
+        Computed in batches, for large inputs, as Keras's `Model.predict` in
         the Keras 3 API docs; for a few inputs that fit in one batch, calling
         the model (`model(x)`) is faster. Outputs are gathered in input order
         (also across replicas and workers), and nested and dict outputs keep

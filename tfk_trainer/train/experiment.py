@@ -1,22 +1,9 @@
 """Builds the model from a resolved config and runs one mode.
 
-`model_dir` layout:
-
-    config.json           the resolved config (train modes, chief only)
-    backup/               BackupAndRestore (a rerun of the same command resumes)
-    checkpoints/          ckpt-<step>, every epoch or every N steps, and at the end
-    logs/                 TensorBoard: HParams, train/, validation/, eval/ (the test split),
-                          all at the optimizer step (see tfk_trainer.train.logs)
-    export/               the SavedModel (serving_default)
-    summary.json          train modes: history, test results, times, steps
-    eval_results.json     evaluate: the latest checkpoint's test results
-    eval_results.jsonl    continuous_evaluate: one line per checkpoint
-    predictions.npy       predict: outputs for the test split
-    TRAINING_DONE         written last by a finished training run
+The `model_dir` layout is described in `tfk_trainer.train.paths`.
 
 This module checks a run before it starts (`precheck`), runs the train modes
-and dispatches the others; the parts live in `train/paths.py` (the layout
-above), `train/building.py`, `train/fitting.py`, `train/export_model.py`,
+and dispatches the others; the parts live in `train/paths.py` (the layout), `train/building.py`, `train/fitting.py`, `train/export_model.py`,
 `train/modes.py` and `train/reporting.py` (exit statuses, summaries).
 """
 

@@ -139,3 +139,48 @@ def test_new_and_existing_model_dirs_pass_and_nothing_is_created(tmp_path):
     _precheck(str(tmp_path))
     _precheck(str(tmp_path / "new" / "run"))
     assert not os.path.exists(tmp_path / "new")
+
+
+# -- NaN and inf -------------------------------------------------------------------
+
+
+def _all_problems(config) -> list[str]:
+    try:
+        resolve(config)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("train", "learning_rate"),
+        ("train", "weight_decay"),
+        ("train", "clipnorm"),
+        ("eval", "min_accuracy"),
+        ("eval", "continuous_timeout"),
+        ("eval", "poll_interval"),
+        ("data", "validation_split"),
+        ("model", "dropout"),
+    ],
+)
+def test_non_finite_numbers_are_rejected_naming_the_key(section, key, value):
+    """Bounds alone let NaN through (every comparison with NaN is False): a NaN
+    learning rate trained NaN and exited 0, a NaN timeout never expired."""
+    config = base_config(model="mlp", data="synthetic")
+    config[section][key] = value
+    assert _all_problems(config) == [f"{section}.{key} must be a finite number; received {value!r}."]
+
+
+def test_non_finite_number_inside_a_tuple_key_is_rejected(monkeypatch):
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+
+    @registry.register_model("float_tuple_net", defaults={"scales": (1.0, 2.0)})
+    def net(config, input_shape, num_classes):  # pragma: no cover - never built
+        raise AssertionError
+
+    config = base_config(model="float_tuple_net", data="synthetic")
+    config.model.scales = (1.0, float("nan"))
+    assert _all_problems(config) == ["model.scales[1] must be a finite number; received nan."]

@@ -11,6 +11,7 @@ as a missing file. Nothing is evaluated: values are only compared.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import ml_collections
@@ -54,12 +55,24 @@ def _check_type(path: str, value: Any, types: tuple[type, ...], nullable: bool) 
     return f"{path} must be {names}; received {value!r} ({_type_name(value)})."
 
 
+def _non_finite(path: str, value: Any) -> str | None:
+    """NaN or inf where a number is meant. Bounds cannot catch them (every comparison
+    with NaN is False: `eval.min_accuracy=nan` would always pass, a NaN
+    `eval.continuous_timeout` never expire), so they are rejected by name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} must be a finite number; received {value!r}."
+    return None
+
+
 def _check_field(path: str, value: Any, field: Field) -> list[str]:
     problem = _check_type(path, value, field.types, field.nullable)
     if problem:
         return [problem]
     if value is None:
         return []
+    problem = _non_finite(path, value)
+    if problem:
+        return [problem]
     problems = []
     if field.choices is not None and value not in field.choices:
         problems.append(f"{path} must be one of {list(field.choices)}; received {value!r}.")
@@ -91,7 +104,7 @@ def _like_default(path: str, value: Any, default: Any) -> list[str]:
         types = (tuple, list)
     else:
         types = (type(default),)
-    problem = _check_type(path, value, types, nullable=False)
+    problem = _check_type(path, value, types, nullable=False) or _non_finite(path, value)
     if problem:
         return [problem]
     if isinstance(default, (tuple, list)) and default and isinstance(value, (tuple, list)):

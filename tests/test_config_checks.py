@@ -171,7 +171,9 @@ def test_non_finite_numbers_are_rejected_naming_the_key(section, key, value):
     learning rate trained NaN and exited 0, a NaN timeout never expired."""
     config = base_config(model="mlp", data="synthetic")
     config[section][key] = value
-    assert _all_problems(config) == [f"{section}.{key} must be a finite number; received {value!r}."]
+    assert _all_problems(config) == [
+        f"{section}.{key} must be a finite number; received {value!r}."
+    ]
 
 
 def test_non_finite_number_inside_a_tuple_key_is_rejected(monkeypatch):

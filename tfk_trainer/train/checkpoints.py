@@ -9,6 +9,12 @@ after a checkpoint is complete, so a reader never sees a partial one.
 
 `model_dir/TRAINING_DONE` (JSON: final checkpoint, step) is written by
 training when it has finished; `continuous_evaluate` stops after it.
+
+`model_dir/FIT_DONE` (JSON: the final checkpoint, step, history and fit
+time) is written as soon as `fit` has ended and its final checkpoint is
+saved, before the export and the test evaluation. A run preempted or
+killed after it resumes from that checkpoint and does only the work after
+`fit`: it never trains again. It is removed once TRAINING_DONE is written.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from tfk_trainer import distribute
 from tfk_trainer.callbacks import Callback
 
 DONE_MARKER = "TRAINING_DONE"
+FIT_DONE_MARKER = "FIT_DONE"
 _STEP = re.compile(r"ckpt-(\d+)$")
 
 
@@ -103,32 +110,49 @@ class CheckpointSaver(Callback):
             checkpoint_lib.cleanup_worker_directory(self._written, self.directory)
 
 
-def write_done_marker(model_dir: str, info: dict[str, Any], strategy: Any) -> None:
-    """Writes the marker atomically (chief only), through tf.io.gfile (gs:// too)."""
+def write_marker(model_dir: str, name: str, info: dict[str, Any], strategy: Any) -> None:
+    """Writes the JSON marker `model_dir/<name>` (chief only), through tf.io.gfile
+    (gs:// too): under a temporary name, then renamed into place, so a reader sees
+    the whole marker or none."""
     if not distribute.is_chief(strategy):
         return
-    path = os.path.join(model_dir, DONE_MARKER)
+    path = os.path.join(model_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(info, indent=2))
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def read_done_marker(model_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(model_dir, DONE_MARKER)
+def read_marker(model_dir: str, name: str) -> dict[str, Any] | None:
+    """The marker's JSON; None when there is none, `{}` when it is unreadable."""
+    path = os.path.join(model_dir, name)
     try:
         with tf.io.gfile.GFile(path) as f:
             text = f.read()
     except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError):
         return None  # no marker (or no model_dir) yet
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def remove_marker(model_dir: str, name: str, strategy: Any) -> None:
+    if distribute.is_chief(strategy):
+        path = os.path.join(model_dir, name)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+
+def write_done_marker(model_dir: str, info: dict[str, Any], strategy: Any) -> None:
+    """TRAINING_DONE: the run is finished (written last)."""
+    write_marker(model_dir, DONE_MARKER, info, strategy)
+
+
+def read_done_marker(model_dir: str) -> dict[str, Any] | None:
+    return read_marker(model_dir, DONE_MARKER)
 
 
 def remove_done_marker(model_dir: str, strategy: Any) -> None:
-    if distribute.is_chief(strategy):
-        path = os.path.join(model_dir, DONE_MARKER)
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.remove(path)
+    remove_marker(model_dir, DONE_MARKER, strategy)

@@ -58,8 +58,12 @@ def _train_callbacks(
     """Backup (first: it restores before the others look at the step), checkpoints,
     a resume notice, TensorBoard and optional early stopping."""
     callbacks: list[Any] = [
+        # Kept when fit ends (the binary deletes it once TRAINING_DONE is written): a
+        # kill between the end of fit and the FIT_DONE marker resumes from it.
         tfk.callbacks.BackupAndRestore(
-            paths.backup, save_freq=config.train.backup_every_steps or "epoch"
+            paths.backup,
+            save_freq=config.train.backup_every_steps or "epoch",
+            delete_checkpoint=False,
         ),
         saver,
         tfk.callbacks.LambdaCallback(on_train_begin=lambda logs: _announce_resume(model)),

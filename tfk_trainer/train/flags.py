@@ -93,6 +93,19 @@ flags.DEFINE_boolean(
     "Print the resolved config (every key as section.key = value, after the overrides "
     "and the checks) and exit 0 without training; --model_dir is then not needed.",
 )
+flags.DEFINE_boolean(
+    "force_unlock",
+    False,
+    "Train modes: take over the lease of --model_dir (model_dir/LEASE) even if another "
+    "trainer seems to hold it. Use only when you know that trainer is gone.",
+)
+flags.DEFINE_float(
+    "lease_timeout",
+    300.0,
+    "Train modes: seconds after which a lease that was not refreshed is stale (taken over "
+    "by the next trainer). The holder refreshes it every quarter of this.",
+    lower_bound=1.0,
+)
 flags.mark_flags_as_required(["config"])
 flags.register_multi_flags_validator(
     ["model_dir", "print_config"],
@@ -101,7 +114,15 @@ flags.register_multi_flags_validator(
     "runs without it).",
 )
 
-NAMES = ("config", "model_dir", "mode", "print_config", *FLAG_TO_CONFIG)
+NAMES = (
+    "config",
+    "model_dir",
+    "mode",
+    "print_config",
+    "force_unlock",
+    "lease_timeout",
+    *FLAG_TO_CONFIG,
+)
 
 
 def show_in_help() -> None:

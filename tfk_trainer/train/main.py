@@ -4,9 +4,11 @@
         [--mode=train_and_evaluate] [--config.train.epochs=3] [--strategy=mirrored]
     tfk-train --config=fashion_mnist_mlp --print_config   # the resolved config, no run
 
-Exit status: 0 success; 1 test accuracy below eval.min_accuracy (or
-continuous_evaluate timed out); 2 bad flags or config (nothing ran); 143
-preempted by SIGTERM (the backup is saved: rerun the same command).
+Exit status (docs/binary.md): 0 success; 1 crashed (an uncaught exception);
+2 bad flags or config (nothing ran); 3 test accuracy below eval.min_accuracy;
+4 continuous_evaluate saw no new checkpoint within eval.continuous_timeout;
+5 --model_dir is leased by another live trainer; 143 preempted by SIGTERM
+(what was done is saved: rerun the same command).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from absl import app, logging
 
 from tfk_trainer.train import experiment
 from tfk_trainer.train import flags as flags_lib
+from tfk_trainer.train import lease as lease_lib
 from tfk_trainer.train.config import format_config
 from tfk_trainer.train.validation import ConfigError, resolve
 
@@ -45,11 +48,21 @@ def main(argv: list[str]) -> int:
         if FLAGS.print_config:  # nothing else runs: no model_dir is read or written
             print(format_config(config), flush=True)
             return experiment.EXIT_OK
-        experiment.precheck(config, model_dir, mode)
-        return experiment.run(mode, config, model_dir, started)
+        experiment.precheck(config, model_dir, mode, force_unlock=FLAGS.force_unlock)
+        return experiment.run(
+            mode,
+            config,
+            model_dir,
+            started,
+            force_unlock=FLAGS.force_unlock,
+            lease_timeout=FLAGS.lease_timeout,
+        )
     except ConfigError as e:
         print(f"tfk-train: error: {e}", file=sys.stderr)
         return experiment.EXIT_USAGE
+    except lease_lib.LeaseHeld as e:
+        print(f"tfk-train: error: {e}", file=sys.stderr)
+        return experiment.EXIT_LOCKED
 
 
 def run() -> None:

@@ -30,7 +30,13 @@ from tfk_trainer.train.building import (
 )
 from tfk_trainer.train.export_model import export_model
 from tfk_trainer.train.paths import Paths
-from tfk_trainer.train.reporting import EXIT_BELOW_BAR, EXIT_OK, _base_summary, _check_bar, _finish
+from tfk_trainer.train.reporting import (
+    EXIT_NO_CHECKPOINT,
+    EXIT_OK,
+    _base_summary,
+    _check_bar,
+    _finish,
+)
 
 
 def _built_model(config: Any):
@@ -110,7 +116,7 @@ def continuous_evaluate(config: Any, model_dir: str, started: float) -> int:
                 f"and no {ckpt_lib.DONE_MARKER} marker: giving up after {evaluated} evaluation(s).",
                 flush=True,
             )
-            return EXIT_BELOW_BAR
+            return EXIT_NO_CHECKPOINT
         time.sleep(poll)
     summary = _base_summary(config, "continuous_evaluate", model_dir, strategy)
     summary.update(

@@ -1,4 +1,11 @@
-"""The binary's exit statuses and the summary every mode prints (and the PASSED/FAILED line)."""
+"""The binary's exit statuses and the summary every mode prints (and the PASSED/FAILED line).
+
+Each outcome has its own exit status, so automation can tell a model that
+trained but missed its quality gate (retrain with other settings) from a
+crash (look at the traceback), a bad command line (fix it), a busy
+`model_dir` (another trainer holds its lease) and a preemption (rerun the
+same command). docs/binary.md lists them.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,12 @@ import tfk_trainer as tfk
 from tfk_trainer.train import summary as summary_lib
 
 EXIT_OK = 0
-EXIT_BELOW_BAR = 1  # test accuracy below eval.min_accuracy, or continuous_evaluate timed out
-EXIT_USAGE = 2
+EXIT_CRASH = 1  # an uncaught exception (Python's own status for it)
+EXIT_USAGE = 2  # bad flags or config, reported before anything runs
+EXIT_BELOW_BAR = 3  # the run finished but the test accuracy is below eval.min_accuracy
+EXIT_NO_CHECKPOINT = 4  # continuous_evaluate: no new checkpoint within eval.continuous_timeout
+EXIT_LOCKED = 5  # model_dir is leased by another live trainer (train modes)
+EXIT_PREEMPTED = 143  # SIGTERM (128 + 15): what was done is saved; rerun the same command
 
 
 def _check_bar(config: Any, results: dict[str, Any] | None) -> tuple[int, str | None]:

@@ -146,8 +146,14 @@ class Lease:
         }
 
     def _write(self) -> None:
-        with tf.io.gfile.GFile(lease_path(self.model_dir), "w") as f:
+        # Under a name of our own, then renamed over the lease: a reader never sees a
+        # half-written lease (and some file systems, ram:// among them, append when
+        # an existing file is opened for writing).
+        path = lease_path(self.model_dir)
+        tmp = f"{path}.tmp-{self.token}"
+        with tf.io.gfile.GFile(tmp, "w") as f:
             f.write(json.dumps(self._record(), indent=2))
+        tf.io.gfile.rename(tmp, path, overwrite=True)
 
     def acquire(self, force: bool = False) -> Lease:
         """Takes the lease (a stale one with a warning; a live one only with `force`),

@@ -316,11 +316,12 @@ def _wait_for(proc: subprocess.Popen, text: str) -> str:
 
 
 def _weights(prefix: Path) -> dict[str, np.ndarray]:
+    """Every variable of a checkpoint (network, optimizer slots, step)."""
     reader = tf.train.load_checkpoint(str(prefix))
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if name.startswith("network/") or "model" in name
+        if name.endswith("VARIABLE_VALUE") and not name.startswith("save_counter")
     }
 
 

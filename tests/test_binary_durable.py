@@ -9,6 +9,7 @@ tests run the binary in subprocesses on a local `tmp_path`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -385,3 +386,41 @@ def test_kill_after_fit_never_retrains(tmp_path, reference, window, sig):
     left = {p.name for p in model_dir.iterdir()}
     assert "TRAINING_DONE" in left
     assert not left & {"backup", "FIT_DONE", "LEASE"}, left
+
+
+def test_npz_data_on_ram_and_model_dir_on_ram(tmp_path, monkeypatch, capsys):
+    """A data file on the object store (`data.path=gs://...`) is read through
+    tf.io.gfile: checked up front, then loaded."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    data_path = f"{_ram_dir('data')}/tiny.npz"
+    tf.io.gfile.makedirs(os.path.dirname(data_path))
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        x_train=rng.random((48, 4), dtype=np.float32),
+        y_train=rng.integers(0, 3, 48),
+        x_test=rng.random((16, 4), dtype=np.float32),
+        y_test=rng.integers(0, 3, 16),
+    )
+    with tf.io.gfile.GFile(data_path, "wb") as f:
+        f.write(buffer.getvalue())
+    config = write_config(
+        tmp_path / "npz.py",
+        f"""
+        config = base_config(model="mlp", data="npz")
+        config.model.hidden_units = (8,)
+        config.data.path = {data_path!r}
+        config.train.epochs = 1
+        config.train.batch_size = 16
+        config.eval.batch_size = 16
+        """,
+    )
+    model_dir = _ram_dir("npz")
+    assert host(config, f"--model_dir={model_dir}") == 0
+    assert "input shape (4,), 3 classes" in capsys.readouterr().out
+    assert "TRAINING_DONE" in tree(model_dir)
+    missing = f"{os.path.dirname(data_path)}/missing.npz"
+    assert host(config, f"--model_dir={model_dir}-2", f"--config.data.path={missing}") == 2
+    assert f"data.path {missing!r}: no such file." in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["npz.py"]

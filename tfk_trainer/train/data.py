@@ -9,6 +9,7 @@ applies `max_train_samples`/`max_test_samples` itself.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,30 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return x
 
 
+# -- paths (local or gs://) ------------------------------------------------------
+
+
+def _user_path(path: str) -> str:
+    """`~` expanded for a local path; a URL (gs://...) as given (abspath or expanduser
+    would glue it onto the working directory)."""
+    return path if "://" in path else os.path.expanduser(path)
+
+
+def _is_dir(path: str) -> bool:
+    return tf.io.gfile.isdir(_user_path(path))
+
+
+def _is_file(path: str) -> bool:
+    path = _user_path(path)
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def _load_npz(path: str) -> Any:
+    """`np.load` of a .npz through tf.io.gfile (any file system; no pickles)."""
+    with tf.io.gfile.GFile(_user_path(path), "rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
 # -- fashion_mnist -------------------------------------------------------------
 
 
@@ -69,16 +94,16 @@ def _check_fashion_mnist(config: Any) -> list[str]:
 
     data_dir = config.data_dir
     if data_dir:
-        if not os.path.isdir(os.path.expanduser(data_dir)):
+        if not _is_dir(data_dir):
             return [f"data.data_dir {data_dir!r} is not a directory."]
         folders = [data_dir]
     elif os.environ.get(fm.ENV_VAR):
         folders = [os.environ[fm.ENV_VAR]]
     else:
         folders = list(fm.DEFAULT_SEARCH_DIRS)
-    folders = [os.path.abspath(os.path.expanduser(f)) for f in folders]
+    folders = [f if "://" in f else os.path.abspath(os.path.expanduser(f)) for f in folders]
     for folder in folders:
-        if all(os.path.isfile(os.path.join(folder, n)) for n in fm.FILES.values()):
+        if all(_is_file(os.path.join(folder, n)) for n in fm.FILES.values()):
             return []
     return [
         "data.name 'fashion_mnist': the Fashion-MNIST files "
@@ -110,13 +135,12 @@ def _check_npz(config: Any) -> list[str]:
         return [
             "data.path must name a .npz file (with x_train, y_train, x_test, y_test) for data.name 'npz'."
         ]
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         return [f"data.path {config.path!r}: no such file."]
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with _load_npz(path) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, tf.errors.OpError) as e:
         return [f"data.path {config.path!r} is not a readable .npz file: {e}"]
     if missing:
         return [f"data.path {config.path!r} lacks the arrays {missing} (needs {list(NPZ_KEYS)})."]
@@ -128,7 +152,7 @@ def npz(config: Any) -> Splits:
     """A NumPy .npz file holding x_train, y_train, x_test, y_test (no pickles).
     uint8 inputs are scaled to float32 in [0, 1]; `num_classes` 0 means
     max(label) + 1."""
-    with np.load(os.path.expanduser(config.path), allow_pickle=False) as f:
+    with _load_npz(config.path) as f:
         x_train, y_train, x_test, y_test = (f[k] for k in NPZ_KEYS)
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError(
@@ -217,11 +241,7 @@ def _check_tfds(config: Any) -> list[str]:
         problems.append(
             "data.name 'tfds' needs tensorflow_datasets: pip install 'tfk_trainer[tfds]'."
         )
-    if (
-        config.data_dir
-        and not config.download
-        and not os.path.isdir(os.path.expanduser(config.data_dir))
-    ):
+    if config.data_dir and not config.download and not _is_dir(config.data_dir):
         problems.append(
             f"data.data_dir {config.data_dir!r} is not a directory (and data.download is False, "
             "so nothing would be downloaded into it)."

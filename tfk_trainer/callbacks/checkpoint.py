@@ -135,9 +135,10 @@ class BackupAndRestore(Callback):
             checkpoint_lib.read(
                 checkpoint,
                 prefix,
-                subject=f"The backup {prefix!r}",
+                subject=f"The backup in {self.backup_dir!r}",
                 mismatch=(
-                    "was written by a different model or configuration and cannot be restored"
+                    "was written by a different model or configuration and cannot be restored "
+                    f"(from {paths.basename(prefix)!r})"
                 ),
                 advice=". Use another `backup_dir`, or delete this one to start over.",
             )

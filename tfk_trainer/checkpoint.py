@@ -55,6 +55,11 @@ class DamagedCheckpointError(ValueError):
     files and the directory (a `ValueError`, like every restore failure)."""
 
 
+class UnreadableCheckpoint(DamagedCheckpointError):
+    """One checkpoint whose files cannot be read (missing, truncated, corrupt); the
+    message names the files, the TensorFlow error is its `__cause__`."""
+
+
 def checkpoint_items(model: Any, *, include_optimizer: bool = True) -> dict[str, Any]:
     """The trackable objects of a model's checkpoint."""
     items: dict[str, Any] = {"model": model.network if model.network is not None else model}
@@ -265,7 +270,14 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
     if previous is None and not tf.io.gfile.exists(pointer_path(path)) and not stale:
         return checkpoint.write(path)
     target = f"{path}.tfk-{uuid.uuid4().hex[:12]}"
-    written = checkpoint.write(target)
+    try:
+        written = checkpoint.write(target)
+    except BaseException:
+        # Not published: remove what this save left (TensorFlow's `<target>_temp`
+        # staging directory included); the previous checkpoint is untouched.
+        _delete_checkpoint(target)
+        remove_tree(f"{target}_temp")
+        raise
     write_pointer(path, target)
     for old in dict.fromkeys(stale):  # only after the pointer moved
         _delete_checkpoint(old)
@@ -343,11 +355,13 @@ def restore_newest_intact(
             return None
         prefixes, damaged_states = candidates(directory)
     notes = [f"{s}: not a checkpoint state file" for s in damaged_states]
+    last: BaseException | None = None
     for prefix in prefixes:
         try:
             restore(prefix)
         except UnreadableCheckpoint as e:
             notes.append(_damage_note(prefix, e.__cause__ or e))
+            last = e
             continue
         if notes:
             message = (
@@ -362,12 +376,8 @@ def restore_newest_intact(
             f"{what}: no intact checkpoint in {directory!r}; every one found is damaged and "
             "was left in place: " + "; ".join(notes) + ". Restore the files, or pass another "
             "directory to start over."
-        )
+        ) from last
     return None
-
-
-class UnreadableCheckpoint(ValueError):
-    """A checkpoint whose files cannot be read (missing, truncated, corrupt)."""
 
 
 def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
@@ -397,8 +407,14 @@ def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
             f"No checkpoint at {path!r} (expected {path}.index). Pass the prefix returned by "
             "save_checkpoint() or the directory holding the checkpoint."
         )
-    fallback = [target] + ([path] if target != path and checkpoint_files(path) else [])
-    restore_newest_intact(paths.parent(path), restore, what="load_checkpoint", prefixes=fallback)
+    if target == path or not checkpoint_files(path):
+        restore(target)  # one candidate: its own error names the files
+        return
+    # A pointer and leftover plain files (a kill before they were deleted): the
+    # pointer's target first, the older plain files if it cannot be read.
+    restore_newest_intact(
+        paths.parent(path), restore, what="load_checkpoint", prefixes=[target, path]
+    )
 
 
 def read(

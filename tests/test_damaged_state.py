@@ -218,6 +218,8 @@ def test_load_checkpoint_every_one_damaged_names_the_directory(two_checkpoints):
     with pytest.raises(DamagedCheckpointError, match=r"no intact checkpoint in '[^']*'"):
         _model().load_checkpoint(str(directory))
     assert sorted(p.name for p in directory.iterdir()) == [
+        "ckpt-1.checkpoint",
         "ckpt-1.data-00000-of-00001",
+        "ckpt-2.checkpoint",
         "ckpt-2.data-00000-of-00001",
     ]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -151,12 +152,15 @@ _STATE_OTHER = re.compile(
 )
 
 
-def read_state(path: str) -> list[str] | None:
+def read_state(path: str, times: dict[str, float] | None = None) -> list[str] | None:
     """The checkpoint prefixes a state file (TensorFlow's `checkpoint` text format,
     or one of our pointers) lists, oldest first and its current one last.
 
     None when there is no such file; raises `_UnreadableState` when it exists
-    but is not a state file (garbage, truncated, binary).
+    but is not a state file (garbage, truncated, binary). `times`, if given,
+    receives the save time (seconds) the file records for each prefix: it
+    orders checkpoints where file times cannot (TensorFlow's local stat has
+    whole seconds, ram:// none).
     """
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -167,9 +171,12 @@ def read_state(path: str) -> list[str] | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _UnreadableState(str(e)) from e
-    current, listed = None, []
+    current, listed, recorded = None, [], []
     for line in text.splitlines():
-        if not line.strip() or _STATE_OTHER.match(line):
+        other = _STATE_OTHER.match(line)
+        if other is not None and other.group(1) == "all_model_checkpoint_timestamps":
+            recorded.append(float(line.split(":", 1)[1]))
+        if not line.strip() or other is not None:
             continue
         match = _STATE_LINE.match(line)
         if match is None:
@@ -185,6 +192,8 @@ def read_state(path: str) -> list[str] | None:
     def absolute(name: str) -> str:
         return name if name.startswith("/") or paths.is_url(name) else paths.join(directory, name)
 
+    if times is not None and len(recorded) == len(listed):
+        times.update((absolute(n), t) for n, t in zip(listed, recorded))
     ordered = [absolute(n) for n in listed if n != current] + [absolute(current)]
     return ordered
 
@@ -199,7 +208,10 @@ def write_pointer(prefix: str, target: str) -> None:
     written whole or not at all, so a reader sees the old or the new pointer.
     """
     name = paths.basename(target)
-    text = f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
+    text = (
+        f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
+        f"all_model_checkpoint_timestamps: {time.time()!r}\n"
+    )
     pointer = pointer_path(prefix)
     tmp = f"{pointer}.tmp-{uuid.uuid4().hex[:12]}"
     with tf.io.gfile.GFile(tmp, "w") as f:
@@ -268,7 +280,9 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
         previous = None  # a garbage pointer: replaced below, its target files kept
     stale = [p for p in (previous, path) if p is not None and checkpoint_files(p)]
     if previous is None and not tf.io.gfile.exists(pointer_path(path)) and not stale:
-        return checkpoint.write(path)
+        written = checkpoint.write(path)
+        write_pointer(path, path)  # its save time, which orders it among others
+        return written
     target = f"{path}.tfk-{uuid.uuid4().hex[:12]}"
     try:
         written = checkpoint.write(target)
@@ -287,12 +301,15 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
 # -- finding what to restore ---------------------------------------------------
 
 
-def _order_key(prefix: str) -> tuple:
+def _order_key(prefix: str, times: dict[str, float]) -> tuple:
+    """Newest last: the save time a state file recorded, else the files' time,
+    then the number in `ckpt-<n>`."""
     files = checkpoint_files(prefix)
-    mtime = max((tf.io.gfile.stat(f).mtime_nsec for f in files), default=None)
+    mtime = max((tf.io.gfile.stat(f).mtime_nsec / 1e9 for f in files), default=None)
+    when = times.get(prefix, mtime)
     number = _NUMBER.search(_UNIQUE.sub("", prefix))
     # Files that are all gone sort first (newest): they are reported, not skipped.
-    return (mtime is None, mtime or 0, int(number.group(1)) if number else -1)
+    return (not files, when or 0.0, int(number.group(1)) if number else -1)
 
 
 def candidates(directory: str) -> tuple[list[str], list[str]]:
@@ -301,28 +318,35 @@ def candidates(directory: str) -> tuple[list[str], list[str]]:
 
     Prefixes come from the `checkpoint` state file and our pointers (their
     targets) and from the `.index`/`.data-*` files themselves, so a garbage
-    state file does not hide intact checkpoints (nor a lost pointer the files
-    it pointed at).
+    state file does not hide intact checkpoints. Unique-named files of a
+    publishing save count only while a pointer names them.
     """
     names = tf.io.gfile.listdir(directory)
     damaged_states: list[str] = []
     prefixes: dict[str, None] = {}
+    pointed: set[str] = set()
+    times: dict[str, float] = {}
     for name in names:
         name = name.rstrip("/")
         full = paths.join(directory, name)
         if name == STATE_FILE or name.endswith(POINTER_SUFFIX):
             try:
-                listed = read_state(full) or []
+                listed = read_state(full, times) or []
             except _UnreadableState:
                 damaged_states.append(full)
                 continue
             for p in listed:
                 prefixes[p] = None
+                pointed.add(p)
         elif name.endswith(".index"):
             prefixes[full[: -len(".index")]] = None
         elif ".data-" in name:
             prefixes[full[: full.rindex(".data-")]] = None
-    return sorted(prefixes, key=_order_key, reverse=True), damaged_states
+    # `<prefix>.tfk-<id>` files no pointer names were never published (a save
+    # killed before its pointer was written, or after it moved on): not candidates.
+    published_targets = {p for p in prefixes if _UNIQUE.search(p)} & pointed
+    chosen = [p for p in prefixes if not _UNIQUE.search(p) or p in published_targets]
+    return sorted(chosen, key=lambda p: _order_key(p, times), reverse=True), damaged_states
 
 
 def _damage_note(prefix: str, error: BaseException) -> str:

@@ -148,20 +148,23 @@ def creatable_problem(directory: str) -> tuple[int, str] | None:
 
     Looks at the nearest existing ancestor (the directory itself when it
     exists): it must be a directory that this process may write to and
-    enter. Creates nothing. Permission bits are checked with `os.access`, so
-    root (who ignores them) only fails on a path below a regular file. URLs
-    are not probed.
+    enter. Creates nothing. The walk goes through `tf.io.gfile`; permission
+    bits are a local notion, checked with `os.access` (so root, who ignores
+    them, only fails on a path below a regular file). URLs are not probed:
+    their first write names the path.
     """
     if is_url(directory):
         return None
-    target = os.path.abspath(directory)
+    import tensorflow as tf
+
+    target = os.fspath(directory)
     ancestor = target
-    while not os.path.lexists(ancestor):
-        parent = os.path.dirname(ancestor)
-        if parent == ancestor:
+    while not tf.io.gfile.exists(ancestor):
+        up = parent(ancestor)
+        if up == ancestor:
             break
-        ancestor = parent
-    if not os.path.isdir(ancestor):
+        ancestor = up
+    if not tf.io.gfile.isdir(ancestor):
         if ancestor == target:
             return errno.ENOTDIR, "it exists and is not a directory"
         return errno.ENOTDIR, f"{ancestor!r} is not a directory"

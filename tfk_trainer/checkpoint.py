@@ -190,7 +190,9 @@ def read_state(path: str, times: dict[str, float] | None = None) -> list[str] | 
     directory = paths.parent(path)
 
     def absolute(name: str) -> str:
-        return name if name.startswith("/") or paths.is_url(name) else paths.join(directory, name)
+        if name.startswith("/") or paths.is_url(name) or directory == ".":
+            return name  # (a bare relative prefix stays as the caller wrote it)
+        return paths.join(directory, name)
 
     if times is not None and len(recorded) == len(listed):
         times.update((absolute(n), t) for n, t in zip(listed, recorded))

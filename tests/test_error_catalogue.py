@@ -218,6 +218,30 @@ def _good_checkpoint_intact(width: int = 0) -> Callable[[Path], None]:
     return check
 
 
+def _backup_all_damaged(tmp: Path) -> None:
+    """Two backups, both `.index` files lost: an error naming the directory, not a restart."""
+    backup = tmp / "backup"
+    _fit_with(cbs.BackupAndRestore(str(backup), delete_checkpoint=False), epochs=2)
+    for index in backup.glob("ckpt-*.index"):
+        index.unlink()
+    (tmp / "backup_digest.json").write_text(json.dumps(_dir_digest(backup)))
+    _fit_with(cbs.BackupAndRestore(str(backup)))
+
+
+def _backup_files_kept(tmp: Path) -> None:
+    assert _dir_digest(tmp / "backup") == json.loads((tmp / "backup_digest.json").read_text())
+
+
+def _load_flipped_data(tmp: Path) -> None:
+    _save_good(tmp)
+    model = _model()
+    model.train_on_batch(X, Y)
+    model.save_checkpoint(str(tmp / "bad" / "ckpt"))
+    data = next((tmp / "bad").glob("ckpt.data-*"))
+    data.write_bytes(bytes(b ^ 0xFF for b in data.read_bytes()))
+    _model().load_checkpoint(str(tmp / "bad" / "ckpt"))
+
+
 def _load_other_model(tmp: Path) -> None:
     _save_good(tmp)
     _model(width=7).load_checkpoint(str(tmp / "good" / "ckpt"))
@@ -448,6 +472,7 @@ CASES: list[Case] = [
     Case("callback-backup-save-freq-negative", lambda t: cbs.BackupAndRestore(str(t), save_freq=-1), ValueError, r"`save_freq` must be \"epoch\" or a positive int.*-1"),
     Case("callback-backup-unwritable", lambda t: _fit_with(cbs.BackupAndRestore(_under_a_file(t))), OSError, r"`backup_dir` '[^']*afile/sub' cannot be created"),
     Case("callback-backup-of-another-model", _backup_of_another_model, ValueError, r"backup in '[^']*backup' was written by a different model", after=_backup_intact),
+    Case("callback-backup-all-damaged", _backup_all_damaged, ValueError, r"BackupAndRestore: no intact checkpoint in '[^']*backup'; every one found is damaged and was left in place: .*ckpt-\d+\.index \(missing\)", after=_backup_files_kept),
     Case("callback-tensorboard-update-freq-unknown", lambda t: cbs.TensorBoard(str(t), update_freq="sometimes"), ValueError, r"`update_freq` must be \"epoch\", \"batch\" or a positive int"),
     Case("callback-tensorboard-profile-batch-unparsable", lambda t: cbs.TensorBoard(str(t), profile_batch="a,b"), ValueError, r"`profile_batch` must be .*received 'a,b'"),
     Case("callback-tensorboard-embeddings-unsupported", lambda t: cbs.TensorBoard(str(t), embeddings_freq=1), UserWarning, r"embedding projector is not supported"),
@@ -456,8 +481,9 @@ CASES: list[Case] = [
     Case("checkpoint-load-from-another-model", _load_other_model, ValueError, r"checkpoint '[^']*ckpt' does not match this model.*shape", after=_good_checkpoint_intact()),
     Case("checkpoint-load-missing", lambda t: _model().load_checkpoint(str(t / "nowhere")), FileNotFoundError, r"No checkpoint at '[^']*nowhere'"),
     Case("checkpoint-load-corrupt-index", _load_corrupt, ValueError, r"checkpoint '[^']*broken'", after=_good_checkpoint_intact()),
+    Case("checkpoint-load-flipped-data", _load_flipped_data, ValueError, r"The checkpoint '[^']*bad/ckpt' cannot be read \(missing, truncated or corrupt files: [^)]*bad/ckpt\.data-00000-of-00001.*\): .*[Cc]hecksum does not match", after=_good_checkpoint_intact()),
     Case("checkpoint-save-unwritable", _save_unwritable, NotADirectoryError, r"save_checkpoint: `path` '[^']*afile/sub/ckpt' cannot be created: .*Not a directory", after=_good_checkpoint_intact()),
-    Case("checkpoint-disk-full-during-save", _disk_full_during_checkpoint, tf.errors.OpError, r"ckpt_temp/\S*; File too large", after=_good_checkpoint_intact(width=1024)),
+    Case("checkpoint-disk-full-during-save", _disk_full_during_checkpoint, tf.errors.OpError, r"ckpt\S*_temp/\S*; File too large", after=_good_checkpoint_intact(width=1024)),
     Case("weights-set-wrong-count", lambda t: _model().set_weights([np.zeros(3)]), ValueError, r"`set_weights` expects 2 arrays .*received 1"),
     # -- Keras's saving surface and Keras's own callbacks ---------------------------------
     Case("save-keras-wrong-suffix", lambda t: _model().save(str(t / "m.ckpt")), ValueError, r"Invalid filepath extension for saving.*`\.keras`.*save_checkpoint.*Received: filepath=.*m\.ckpt"),

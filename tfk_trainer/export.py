@@ -4,23 +4,21 @@ The SavedModel holds the network's variables and one traced function, the
 inference call (`training=False`), under the `serving_default` signature
 with the input shapes and dtypes the model was built with (batch dimension
 free). `tf.saved_model.load(path).signatures["serving_default"](...)` gives
-the same predictions as `model.predict`. Written to a temporary directory
-and renamed into place, by the chief only, through `tf.io.gfile` (so `path`
-may be `gs://...`); the directories and files get the permissions the umask
+the same predictions as `model.predict`. Written to a staging directory
+beside `path` and moved into place, by the chief only, through `tf.io.gfile`
+(so `path` may be `gs://...`; other workers write a scratch copy beside it
+and delete it); the directories and files get the permissions the umask
 gives, as any file TensorFlow writes.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import uuid
 from typing import Any
 
 import tensorflow as tf
 
-from tfk_trainer import distribute
+from tfk_trainer import distribute, paths
 
 
 def _input_signature(spec: Any) -> list:
@@ -91,19 +89,25 @@ def export(model: Any, path: str, spec: Any) -> str:
         return _named_outputs(network(inputs, training=False))
 
     root.serve = serve
-    if not distribute.is_chief(model.distribute_strategy):
-        target = tempfile.mkdtemp(prefix="tfk_worker_export_")
-        with model.distribute_strategy.scope():
-            tf.saved_model.save(root, target, signatures={"serving_default": serve})
-        shutil.rmtree(target, ignore_errors=True)
-        return path
-    # The staging directory is a sibling made by SavedModel itself (tf.io.gfile: any
-    # file system), so it and its files get the permissions the umask gives; a
-    # tempfile.mkdtemp directory would be 0700 and unreadable to a serving process
-    # running as another user.
-    parent = os.path.dirname(os.fspath(path).rstrip("/")) or "."
+    # Scratch and staging directories are siblings of `path`, made by SavedModel
+    # itself through tf.io.gfile (any file system, gs:// included), so they and
+    # their files get the permissions the umask gives (a tempfile.mkdtemp
+    # directory would be 0700 and unreadable to a serving process running as
+    # another user).
+    parent = paths.parent(path)
     tf.io.gfile.makedirs(parent)
-    tmp = os.path.join(parent, f".tfk_export_{uuid.uuid4().hex[:12]}")
+    if not distribute.is_chief(model.distribute_strategy):
+        # Other workers join the save (variables may be read collectively) and
+        # throw their copy away.
+        scratch = paths.join(parent, f".tfk_export_worker_{uuid.uuid4().hex[:12]}")
+        try:
+            with model.distribute_strategy.scope():
+                tf.saved_model.save(root, scratch, signatures={"serving_default": serve})
+        finally:
+            if tf.io.gfile.exists(scratch):
+                tf.io.gfile.rmtree(scratch)
+        return path
+    tmp = paths.join(parent, f".tfk_export_{uuid.uuid4().hex[:12]}")
     try:
         tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
         if tf.io.gfile.exists(path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 
 __all__ = [
     "named_os_error",
@@ -30,6 +31,9 @@ __all__ = [
     "creatable_problem",
     "check_creatable",
     "is_url",
+    "join",
+    "parent",
+    "basename",
 ]
 
 _ACCEPTED = "Pass a directory that can be created and written."
@@ -38,6 +42,25 @@ _ACCEPTED = "Pass a directory that can be created and written."
 def is_url(path: str) -> bool:
     """`gs://...`, `s3://...`: written through TensorFlow's file systems, not probed locally."""
     return "://" in str(path)
+
+
+def join(directory: str, *names: str) -> str:
+    """`directory/name...` for local paths and URLs alike (`gs://b/run` + `ckpt`).
+
+    Plain string joining with "/": never `os.path.abspath`, which turns
+    "gs://b/x" into "<cwd>/gs:/b/x".
+    """
+    return posixpath.join(os.fspath(directory), *names)
+
+
+def parent(path: str) -> str:
+    """The directory holding `path` ("." for a bare name); a URL keeps its scheme."""
+    return posixpath.dirname(os.fspath(path).rstrip("/")) or "."
+
+
+def basename(path: str) -> str:
+    """The last component of `path` (trailing "/" ignored)."""
+    return posixpath.basename(os.fspath(path).rstrip("/"))
 
 
 def _subject(argument: str, path: str, owner: str | None) -> str:
@@ -67,8 +90,13 @@ def path_error(
     """The named error for `path` (the value of `argument`) that cannot `action`:
     `error`'s OSError subclass and errno (a TensorFlow file-system error or a
     plain reason gives an `OSError`), its text after the argument and path."""
-    code = error.errno if isinstance(error, OSError) else None
+    if isinstance(error, OSError):
+        code = error.errno
+    else:
+        code = _errno_of(error) if isinstance(error, BaseException) else None
     reason = getattr(error, "message", None) or str(error)
+    if code is not None and not isinstance(error, OSError):
+        reason = f"[Errno {code}] {os.strerror(code)}: {reason}"  # as an OSError reads
     return named_os_error(
         code, f"{_subject(argument, path, owner)} cannot {action}: {reason}. {accepted}"
     )
@@ -84,20 +112,16 @@ def make_dirs(
     passed when it differs from `directory` (a file inside it), `owner` the
     callback, for the message.
     """
-    shown = directory if path is None else path
-    if is_url(directory):
-        import tensorflow as tf
+    import tensorflow as tf
 
-        try:
-            tf.io.gfile.makedirs(directory)
-        except tf.errors.OpError as e:
-            raise path_error(e, argument, shown, owner=owner) from e
-        return
+    shown = directory if path is None else path
     try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
+        tf.io.gfile.makedirs(directory)
+    except tf.errors.OpError as e:
         raise path_error(e, argument, shown, owner=owner) from e
-    if not os.access(directory, os.W_OK | os.X_OK):
+    # A local permission probe (TensorFlow's file systems have none); URLs are
+    # checked by the first write, whose error names the path.
+    if not is_url(directory) and not os.access(directory, os.W_OK | os.X_OK):
         reason = f"{directory!r} is not a writable directory"
         raise named_os_error(
             errno.EACCES,
@@ -105,25 +129,42 @@ def make_dirs(
         )
 
 
+def _errno_of(error: BaseException) -> int | None:
+    """The errno a TensorFlow file-system error stands for, so callers can still
+    catch `NotADirectoryError`/`PermissionError` as with the os module."""
+    import tensorflow as tf
+
+    if isinstance(error, tf.errors.PermissionDeniedError):
+        return errno.EACCES
+    if isinstance(error, tf.errors.AlreadyExistsError):
+        return errno.EEXIST
+    if "not a directory" in str(getattr(error, "message", error)).lower():
+        return errno.ENOTDIR
+    return None
+
+
 def creatable_problem(directory: str) -> tuple[int, str] | None:
     """`(errno, reason)` when `directory` can neither be created nor written, else None.
 
     Looks at the nearest existing ancestor (the directory itself when it
     exists): it must be a directory that this process may write to and
-    enter. Creates nothing. Permission bits are checked with `os.access`, so
-    root (who ignores them) only fails on a path below a regular file. URLs
-    are not probed.
+    enter. Creates nothing. The walk goes through `tf.io.gfile`; permission
+    bits are a local notion, checked with `os.access` (so root, who ignores
+    them, only fails on a path below a regular file). URLs are not probed:
+    their first write names the path.
     """
     if is_url(directory):
         return None
-    target = os.path.abspath(directory)
+    import tensorflow as tf
+
+    target = os.fspath(directory)
     ancestor = target
-    while not os.path.lexists(ancestor):
-        parent = os.path.dirname(ancestor)
-        if parent == ancestor:
+    while not tf.io.gfile.exists(ancestor):
+        up = parent(ancestor)
+        if up == ancestor:
             break
-        ancestor = parent
-    if not os.path.isdir(ancestor):
+        ancestor = up
+    if not tf.io.gfile.isdir(ancestor):
         if ancestor == target:
             return errno.ENOTDIR, "it exists and is not a directory"
         return errno.ENOTDIR, f"{ancestor!r} is not a directory"

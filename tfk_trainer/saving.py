@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,42 @@ def check_path(filepath: Any, argument: str = "filepath") -> str:
             f"{type(filepath).__name__}: {filepath!r}."
         )
     return filepath
+
+
+@contextlib.contextmanager
+def _written_as(model: Any, path: str) -> Iterator[str]:
+    """The file name to write `path` under; what was written is then published at `path`.
+
+    On the chief: a unique sibling name (same suffix, for Keras), renamed over
+    `path` through `tf.io.gfile` once complete, so a crash mid-write leaves
+    the previous file whole (a local rename is atomic; an object store copies
+    one object whole). On the other workers of a cluster: a private,
+    machine-local scratch file, deleted afterwards (only the chief writes,
+    as for checkpoints; the others still join any collective reads).
+    """
+    from tfk_trainer import checkpoint as checkpoint_lib
+    from tfk_trainer import distribute, paths
+
+    parent = paths.parent(path)
+    name = paths.basename(path)
+    if not distribute.is_chief(model.distribute_strategy):
+        scratch = checkpoint_lib.write_directory(parent, model.distribute_strategy)
+        try:
+            yield paths.join(scratch, name)
+        finally:
+            checkpoint_lib.cleanup_worker_directory(scratch, parent)
+        return
+    suffix = next((s for s in (".weights.h5", ".keras", ".hdf5", ".h5") if name.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)]
+    tmp = paths.join(parent, f".{stem}.tmp-{uuid.uuid4().hex[:12]}{suffix}")
+    if parent != "." and not tf.io.gfile.exists(parent):
+        tf.io.gfile.makedirs(parent)
+    try:
+        yield tmp
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
 
 
 def _check_overwrite(path: str, overwrite: Any, method: str) -> None:
@@ -104,7 +141,11 @@ def save(model: Any, filepath: Any, overwrite: bool, zipped: bool | None, kwargs
     network = keras_network(model, "save")
     _check_overwrite(path, overwrite, "save()")
     with keras_training_state(model, network, compile_config=True):
-        keras.saving.save_model(network, path, overwrite=True, zipped=zipped, **kwargs)
+        if zipped is False:  # a directory (Keras's unzipped format): written in place
+            keras.saving.save_model(network, path, overwrite=True, zipped=zipped, **kwargs)
+            return
+        with _written_as(model, path) as target:
+            keras.saving.save_model(network, target, overwrite=True, zipped=zipped, **kwargs)
 def save_weights(model: Any, filepath: Any, overwrite: bool, max_shard_size: Any) -> None:
     """`Model.save_weights` (see its docstring)."""
     path = check_path(filepath)
@@ -116,7 +157,11 @@ def save_weights(model: Any, filepath: Any, overwrite: bool, max_shard_size: Any
             )
         _check_overwrite(path, overwrite, "save_weights()")
         with keras_training_state(model, network, compile_config=False):
-            network.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
+            if max_shard_size is not None:  # several files: written in place by Keras
+                network.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
+                return
+            with _written_as(model, path) as target:
+                network.save_weights(target, overwrite=True, max_shard_size=max_shard_size)
         return
     if not path.endswith(".weights.h5"):
         raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
@@ -141,10 +186,7 @@ def save_weights(model: Any, filepath: Any, overwrite: bool, max_shard_size: Any
         for i, v in enumerate(variables):
             data = group.create_dataset(f"{i:06d}", data=np.asarray(v.numpy()))
             data.attrs["name"] = str(getattr(v, "path", None) or v.name)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent and not tf.io.gfile.exists(parent):
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb") as out:
+    with _written_as(model, path) as target, tf.io.gfile.GFile(target, "wb") as out:
         out.write(buffer.getvalue())
 def load_weights(model: Any, filepath: Any, skip_mismatch: bool, kwargs: dict) -> None:
     """`Model.load_weights` (see its docstring)."""

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
+import uuid
+import warnings
 from typing import Any
 
 import numpy as np
@@ -114,30 +115,52 @@ class BackupAndRestore(Callback):
         paths.make_dirs(
             self._written_dir, "backup_dir", path=self.backup_dir, owner="BackupAndRestore"
         )
+        self._restore(checkpoint)
         self._manager = tf.train.CheckpointManager(checkpoint, self._written_dir, max_to_keep=2)
-        latest = tf.train.latest_checkpoint(self.backup_dir)
-        if latest:
+        self._last_saved_step = int(model.optimizer.iterations.numpy())
+        self._install_sigterm_handler()
+
+    def _restore(self, checkpoint: tf.train.Checkpoint) -> None:
+        """Restores the newest intact backup, if any, and sets the resume point.
+
+        Damaged newer backups are skipped with a warning naming their files
+        (and the state file is pointed at the one restored, so the backups
+        that follow continue from it); when backups exist but none can be
+        read, the error names the directory. Nothing is deleted.
+        """
+        model = self.model
+
+        def restore(prefix: str) -> None:
             checkpoint_lib.prepare_for_restore(model)
             checkpoint_lib.read(
                 checkpoint,
-                latest,
+                prefix,
                 subject=f"The backup in {self.backup_dir!r}",
                 mismatch=(
-                    "was written by a different model or configuration and cannot be restored"
+                    "was written by a different model or configuration and cannot be restored "
+                    f"(from {paths.basename(prefix)!r})"
                 ),
                 advice=". Use another `backup_dir`, or delete this one to start over.",
             )
-            p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
-            self._state().resume_from = Position(
-                epoch=p["epoch"],
-                step=p["step"],
-                consumed=p["consumed"],
-                first_epoch=p["first_epoch"],
-                data_seed=p["data_seed"] if p["has_seed"] else None,
-            )
-            log.info("BackupAndRestore: resuming at epoch %d, step %d.", p["epoch"], p["step"])
-        self._last_saved_step = int(model.optimizer.iterations.numpy())
-        self._install_sigterm_handler()
+
+        directory = self.backup_dir
+        newest = _state_latest(directory)
+        restored = checkpoint_lib.restore_newest_intact(
+            directory, restore, what="BackupAndRestore"
+        )
+        if restored is None:
+            return
+        if restored != newest and distribute.is_chief(model.distribute_strategy):
+            checkpoint_lib.write_state(directory, restored)
+        p = {k: int(v.numpy()) for k, v in self._position_vars.items()}
+        self._state().resume_from = Position(
+            epoch=p["epoch"],
+            step=p["step"],
+            consumed=p["consumed"],
+            first_epoch=p["first_epoch"],
+            data_seed=p["data_seed"] if p["has_seed"] else None,
+        )
+        log.info("BackupAndRestore: resuming at epoch %d, step %d.", p["epoch"], p["step"])
 
     def _install_sigterm_handler(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -198,7 +221,7 @@ class BackupAndRestore(Callback):
         self._restore_sigterm_handler()
         checkpoint_lib.cleanup_worker_directory(self._written_dir, self.backup_dir)
         if self.delete_checkpoint and distribute.is_chief(self.model.distribute_strategy):
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            _remove_backup(self.backup_dir)
 
 
 class ModelCheckpoint(Callback):
@@ -293,7 +316,7 @@ class ModelCheckpoint(Callback):
             self.best = float(value)
         path = self._path(epoch, logs)
         model = self.model
-        directory = os.path.dirname(os.path.abspath(path))
+        directory = paths.parent(path)
         if distribute.is_chief(model.distribute_strategy):
             paths.make_dirs(directory, "filepath", path=path, owner="ModelCheckpoint")
         if path.endswith(".weights.h5") or path.endswith(".keras"):
@@ -332,19 +355,50 @@ class ModelCheckpoint(Callback):
             self._save(epoch, logs)
 
 
+def _state_latest(directory: str) -> str | None:
+    """The backup the state file names as current (None: no readable state file)."""
+    try:
+        listed = checkpoint_lib.read_state(paths.join(directory, checkpoint_lib.STATE_FILE))
+    except Exception:  # noqa: BLE001 - unreadable: reported by the restore itself
+        return None
+    return listed[-1] if listed else None
+
+
+def _remove_backup(directory: str) -> None:
+    """Deletes a finished run's backup (through `tf.io.gfile`, so gs:// too).
+
+    A backup left behind would make the next `fit` with this `backup_dir`
+    resume at the end and train nothing, so a failure is not swallowed: it
+    is reported as a warning naming the directory.
+    """
+    try:
+        checkpoint_lib.remove_tree(directory)
+    except (tf.errors.OpError, OSError) as e:
+        message = (
+            f"BackupAndRestore: the finished run's backup {directory!r} could not be deleted "
+            f"({e}); the next fit() with this backup_dir would resume at its end. Delete it "
+            "before training again."
+        )
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
+
+
 def _fixed_directory(filepath: str) -> str:
     """The directory of `filepath` up to its first formatted part: for
     "runs/{epoch}/ckpt" it is "runs", the part known before any epoch ends."""
-    directory = os.path.dirname(os.path.abspath(filepath))
+    directory = paths.parent(filepath)
     while "{" in directory or "}" in directory:
-        directory = os.path.dirname(directory)
+        directory = paths.parent(directory)
     return directory
 
 
 def _keras_save(model: Any, path: str, weights_only: bool) -> None:
-    """Keras-format saving, written to a temporary name then renamed (atomic)."""
+    """Keras-format saving: written whole under a unique temporary name, then renamed
+    over `path` through `tf.io.gfile` (a local rename is atomic; on object stores
+    the file is one object, copied whole, so a reader sees the old or the new
+    file, never a mix)."""
     suffix = ".weights.h5" if path.endswith(".weights.h5") else ".keras"
-    tmp = f"{path[: -len(suffix)]}.tmp-{os.getpid()}{suffix}"
+    tmp = f"{path[: -len(suffix)]}.tmp-{uuid.uuid4().hex[:12]}{suffix}"
     # Model.save/save_weights: Keras's files, with the optimizer's state and the
     # compile() arguments when the network is a Keras model (see model_surface).
     if weights_only:
@@ -356,4 +410,8 @@ def _keras_save(model: Any, path: str, weights_only: bool) -> None:
         model.save_weights(tmp)
     else:
         model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)

@@ -1,4 +1,4 @@
-"""`CSVLogger`: streams the epoch logs to a CSV file, local or through `tf.io.gfile`."""
+"""`CSVLogger`: streams the epoch logs to a CSV file through `tf.io.gfile` (local or gs://)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from tfk_trainer import paths
 from tfk_trainer.callbacks.base import Callback
@@ -54,18 +55,13 @@ class CSVLogger(Callback):
         self._existing_header: list[str] | None = None
 
     def _open(self, mode: str):
-        if "://" in self.filename:  # gs://, s3://, ...: through TensorFlow's file system
-            import tensorflow as tf
-
-            return tf.io.gfile.GFile(self.filename, mode)
-        return open(self.filename, mode, newline="", encoding="utf-8")
+        # Always tf.io.gfile (local, gs://, ram://): one code path for every file system.
+        # GFile does not translate newlines, so the csv module's "\r\n" rows are
+        # written as they are, as with open(..., newline="").
+        return tf.io.gfile.GFile(self.filename, mode)
 
     def _exists(self) -> bool:
-        if "://" in self.filename:
-            import tensorflow as tf
-
-            return tf.io.gfile.exists(self.filename)
-        return os.path.exists(self.filename)
+        return tf.io.gfile.exists(self.filename)
 
     def on_train_begin(self, logs=None):
         self._existing_header = None
@@ -82,10 +78,9 @@ class CSVLogger(Callback):
                 mode = "w"
             self._close()
             self.csv_file = self._open(mode)
+            self.csv_file.write("")  # GFile opens lazily: open (and fail) now, not after an epoch
         except Exception as e:
             # Before the first epoch, naming the argument (gs:// paths raise TF errors).
-            import tensorflow as tf
-
             if not isinstance(e, (OSError, tf.errors.OpError)):
                 raise
             raise paths.path_error(
@@ -127,8 +122,10 @@ class CSVLogger(Callback):
         self.csv_file.flush()
 
     def _close(self) -> None:
-        if self.csv_file is not None and not self.csv_file.closed:
-            self.csv_file.close()
+        # GFile has no `closed` attribute: the reference is dropped once closed.
+        if self.csv_file is not None:
+            csv_file, self.csv_file = self.csv_file, None
+            csv_file.close()
 
     def on_train_end(self, logs=None):
         self._close()

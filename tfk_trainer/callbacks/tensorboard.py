@@ -119,8 +119,8 @@ class TensorBoard(Callback):
         self.embeddings_metadata = embeddings_metadata
         warn_embeddings(embeddings_freq, embeddings_metadata)
 
-        self._train_dir = os.path.join(self.log_dir, "train")
-        self._val_dir = os.path.join(self.log_dir, "validation")
+        self._train_dir = paths.join(self.log_dir, "train")
+        self._val_dir = paths.join(self.log_dir, "validation")
         self._writers: dict[str, Any] = {}
         self._chief = True
         self._in_fit = False

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfk_trainer import distribute as distribute_lib
 from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
-from tfk_trainer.data.base import DataAdapter
+from tfk_trainer.data.base import DataAdapter, Transform
 from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
@@ -28,9 +29,10 @@ _plain = tf.autograph.experimental.do_not_convert
 class ArrayAdapter(DataAdapter):
     """NumPy arrays, tensors, and lists/dicts of them.
 
-    The data is placed in the pipeline once (`from_tensors(...).repeat()`),
-    and each epoch batches a permutation of the sample indices and gathers
-    the rows in a parallel `map`: no per-sample Python work. The permutation
+    The arrays stay in Python, outside every graph; each epoch batches a
+    permutation of the sample indices and a parallel `map` reads the rows of
+    each batch (`tf.numpy_function`): no per-sample Python work, and no
+    constant of the data's size in the dataset graph. The permutation
     of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
     skips to epoch `e` sees exactly the batches an uninterrupted run saw.
     """
@@ -74,7 +76,7 @@ class ArrayAdapter(DataAdapter):
         )
         self._shuffle = shuffle
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
-        self._data_tensors = None  # `_data` as tensors, made on first use
+        self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
         self._class_weight = class_weight
         self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
         self._static = static
@@ -186,88 +188,143 @@ class ArrayAdapter(DataAdapter):
             groups = groups.concatenate(batches.skip(full).map(_plain(lambda b: b[tf.newaxis])))
         return groups
 
-    def _tensors(self) -> tuple:
-        """The arrays as tensors, converted once per adapter."""
-        if self._data_tensors is None:
-            self._data_tensors = tf.nest.map_structure(structure.to_tensor, self._data)
-        return self._data_tensors
+    def _host_arrays(self) -> list[np.ndarray]:
+        """The leaves as NumPy arrays held by Python (tensors read once), never copied
+        into a graph: the pipeline reads rows from them through `tf.numpy_function`."""
+        if self._flat_arrays is None:
+            self._flat_arrays = [
+                t.numpy() if isinstance(t, tf.Tensor) else np.asarray(t)
+                for t in tf.nest.flatten(self._data)
+            ]
+        return self._flat_arrays
 
-    def _data_dataset(self) -> tf.data.Dataset:
-        """The arrays as one repeated element, for the index-gathering pipeline."""
-        return tf.data.Dataset.from_tensors(self._tensors()).repeat()
+    def _gather_fn(self, batch_size: int):
+        """The map from index batches (`[b]` or groups `[k, b]`) to data batches.
 
-    def _in_order_batches(self) -> tf.data.Dataset:
-        """One epoch in order (`shuffle=False`: evaluate, predict), with no `map`.
-
-        The full batches are a reshape of the data (`[num_batches, batch, ...]`,
-        no copy: a prefix slice and a reshape share the buffer), sliced one
-        batch per element; a partial last batch follows. Nothing is traced,
-        so making the pipeline costs well under a millisecond, and reading a
-        batch is one contiguous copy.
+        The rows are read on the host by `tf.numpy_function`, so the dataset
+        graph holds indices and a reference to this function, never the data:
+        serialising the pipeline (auto-sharding, cloning it per input worker,
+        tf.data's graph rewrites) copies nothing large, and each host reads
+        only the rows of its own batches. In-order epochs read contiguous
+        slices (one copy per batch); shuffled ones `take` rows (NumPy
+        releases the GIL there, so the parallel `map` reads batches
+        concurrently).
         """
-        n, bs = self._num_samples, self._batch_size
-        full = n // bs
-        data = self._tensors()
-        dataset = None
-        if full:
-            dataset = tf.data.Dataset.from_tensor_slices(
-                tf.nest.map_structure(
-                    lambda t: tf.reshape(t[: full * bs], [full, bs, *t.shape[1:]]), data
-                )
-            )
-        if full * bs < n:
-            tail = tf.data.Dataset.from_tensors(
-                tf.nest.map_structure(lambda t: t[full * bs :], data)
-            )
-            dataset = tail if dataset is None else dataset.concatenate(tail)
-        return dataset
+        arrays = self._host_arrays()
+        dtypes = [tf.as_dtype(a.dtype) for a in arrays]
+        contiguous = self._shuffle is False and self._static is None
+        static, layout = self._static, self._data
 
-    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        if self._shuffle is False and self._static is None:
-            dataset = self._in_order_batches()
-            if repeat:
-                dataset = dataset.repeat()  # every epoch is the same order
-            return self._finish(dataset)
-        group = self._group_size()
-        if repeat:
-            index_batches = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(
-                lambda epoch: self._epoch_index_groups(epoch, group)
-            )
-        else:
-            # One epoch: its index batches are built eagerly (the same ops as in the
-            # flat_map above, so the same permutation), which saves tracing a function.
-            index_batches = self._epoch_index_groups(tf.constant(first_epoch, tf.int64), group)
-        data = self._data_dataset()
-
-        static, bs = self._static, self._batch_size
+        def read(idx: np.ndarray) -> list[np.ndarray]:
+            if contiguous and idx.size:
+                lo = int(idx.flat[0])
+                return [a[lo : lo + idx.size].reshape(idx.shape + a.shape[1:]) for a in arrays]
+            rows = np.maximum(idx, 0)
+            return [a.take(rows, axis=0) for a in arrays]
 
         @_plain
-        def gather(idx, arrays):
-            rows = tf.maximum(idx, 0)
-            batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
+        def gather(idx):
+            flat = tf.numpy_function(read, [idx], dtypes, stateful=False)
+            for t, a in zip(flat, arrays):
+                t.set_shape(idx.shape.concatenate(a.shape[1:]))
+            batch = tf.nest.pack_sequence_as(layout, flat)
             if static is None:
                 return batch
-            batch = structure.set_batch_dim(batch, bs)
+            batch = structure.set_batch_dim(batch, batch_size)
             if static == "pad":
                 return PaddedBatch(tuple(batch), idx >= 0)
             return batch
 
-        dataset = tf.data.Dataset.zip((index_batches, data)).map(
-            gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        return gather
+
+    def _index_dataset(self, repeat: bool, first_epoch: int, group: int) -> tf.data.Dataset:
+        """The index batches of one epoch, or of every epoch from `first_epoch` on.
+
+        The permutations are computed inside the pipeline (a `flat_map` over
+        epoch numbers), so even the indices are no graph constant.
+        """
+        last = _MAX_EPOCHS if repeat else first_epoch + 1
+        return tf.data.Dataset.range(first_epoch, last).flat_map(
+            _plain(lambda epoch: self._epoch_index_groups(epoch, group))
+        )
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        if self._class_weight is not None and self._static == "pad":
+            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        group = self._group_size()
+        dataset = self._index_dataset(repeat, first_epoch, group).map(
+            self._gather_fn(self._batch_size),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
         if group > 1:
             dataset = dataset.unbatch()  # [k, b, ...] groups -> batches of b
-        if self._class_weight is not None and static == "pad":
-            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
         return self._finish(dataset)
 
-    def _finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Class weights, sharding and tf.data options, and prefetching."""
+    def distribute(
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        repeat: bool = False,
+        first_epoch: int = 0,
+        skip: int = 0,
+        transform: Transform | None = None,
+    ) -> tf.distribute.DistributedDataset:
+        """Under several input workers, one pipeline per host that reads only its rows.
+
+        Every host computes the same global index batches (a pure function of
+        `(seed, epoch)`), keeps the slice of each that its replicas train on
+        (replica `r` of `R` takes rows `[r * b, (r + 1) * b)` of the global
+        batch, `b = ceil(batch / R)`: the split `experimental_distribute_dataset`
+        makes), and gathers only those rows, one per-replica batch per local
+        replica. Results equal one process's; no data crosses hosts.
+        """
+        if not distribute_lib.per_host_input(strategy) or transform is not None:
+            return super().distribute(
+                strategy, repeat=repeat, first_epoch=first_epoch, skip=skip, transform=transform
+            )
+        if self._class_weight is not None and self._static == "pad":
+            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        batch = self._batch_size
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            replicas = context.num_replicas_in_sync
+            local = max(1, replicas // context.num_input_pipelines)
+            per_replica = -(-batch // replicas)
+            first_row = context.input_pipeline_id * local * per_replica
+
+            @_plain
+            def split(idx):
+                mine = idx[first_row : first_row + local * per_replica]
+                chunks = tf.data.Dataset.range(local).map(
+                    _plain(lambda j: mine[j * per_replica : (j + 1) * per_replica])
+                )
+                return chunks.filter(_plain(lambda c: tf.size(c) > 0))
+
+            indices = self._index_dataset(repeat, first_epoch, 1)
+            if skip:
+                indices = indices.skip(skip)
+            dataset = indices.flat_map(split).map(
+                self._gather_fn(per_replica),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            return self._finish(dataset, shard=False)
+
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _finish(self, dataset: tf.data.Dataset, shard: bool = True) -> tf.data.Dataset:
+        """Class weights, sharding and tf.data options, and prefetching.
+
+        `shard=False`: the pipeline is already this host's own (per-host input).
+        """
         if self._class_weight is not None:
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
+            if shard
+            else tf.data.experimental.AutoShardPolicy.OFF
         )
         # tf.data's default graph rewrites would serialise the dataset graph, arrays
         # included, when an iterator is made: an extra copy of the data in memory and

@@ -20,19 +20,61 @@ from tfk_trainer.data.base import DataAdapter, Transform
 from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
+_ALIGNMENT = 64  # TensorFlow's tensor alignment (Eigen, AVX-512)
+# Arrays smaller than this (all leaves together) are placed in the pipeline as
+# tensors; larger ones are read from Python-held arrays (`ArrayAdapter._read`).
+IN_GRAPH_MAX_BYTES = 4 << 20
 # The pipeline's map functions use Python control flow on static values only:
 # traced without autograph, which tf.data would otherwise apply to each of them
 # (a conversion per function per process, paid before the first step).
 _plain = tf.autograph.experimental.do_not_convert
 
 
+def _nbytes(data: Any) -> int:
+    return sum(
+        int(np.prod(a.shape, dtype=np.int64)) * tf.as_dtype(a.dtype).size
+        for a in tf.nest.flatten(data)
+    )
+
+
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array on a 64-byte boundary: `tf.numpy_function` adopts an
+    aligned result as a tensor without copying it (a misaligned one is copied)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    offset = -buffer.ctypes.data % _ALIGNMENT
+    return buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _private_copy(value: Any) -> np.ndarray:
+    """A leaf as a NumPy array the adapter owns: numeric data copied once into an
+    aligned buffer (later writes to the caller's array cannot reach a batch, and
+    slices of it become tensors without a copy); strings as they are."""
+    array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+    if array.dtype.kind not in "biufc" or not array.dtype.isnative:
+        return array
+    copy = _aligned_empty(array.shape, array.dtype)
+    np.copyto(copy, array)
+    return copy
+
+
+def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array.take(rows, axis=0)` into an aligned buffer (numeric dtypes)."""
+    if array.dtype.kind not in "biufc" or not array.dtype.isnative:
+        return array.take(rows, axis=0)
+    out = _aligned_empty(rows.shape + array.shape[1:], array.dtype)
+    return np.take(array, rows, axis=0, out=out)
+
+
 class ArrayAdapter(DataAdapter):
     """NumPy arrays, tensors, and lists/dicts of them.
 
-    The arrays stay in Python, outside every graph; each epoch batches a
-    permutation of the sample indices and a parallel `map` reads the rows of
-    each batch (`tf.numpy_function`): no per-sample Python work, and no
-    constant of the data's size in the dataset graph. The permutation
+    Each epoch batches a permutation of the sample indices and a parallel
+    `map` reads the rows of each batch: no per-sample Python work. Data of
+    `IN_GRAPH_MAX_BYTES` or more stays in Python, outside every graph (read
+    by `tf.numpy_function`), so no dataset graph holds a constant of its
+    size; smaller data is placed in the pipeline as tensors (faster reads). The permutation
     of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
     skips to epoch `e` sees exactly the batches an uninterrupted run saw.
     """
@@ -77,6 +119,11 @@ class ArrayAdapter(DataAdapter):
         self._shuffle = shuffle
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
+        self._data_tensors = None  # `_data` as tensors (small data), made on first use
+        # Small data is placed in the pipeline as tensors (the fastest reads; a
+        # serialised pipeline then carries it as a constant of at most this
+        # size); larger data stays outside every graph, read by NumPy.
+        self._in_graph = _nbytes(self._data) < IN_GRAPH_MAX_BYTES
         self._class_weight = class_weight
         self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
         self._static = static
@@ -174,7 +221,13 @@ class ArrayAdapter(DataAdapter):
             tf.as_dtype(a.dtype).size * int(np.prod([d or 1 for d in list(a.shape)[1:]]))
             for a in tf.nest.flatten(self._data)  # NumPy arrays or tensors
         )
-        return int(max(1, min(16, 65536 // max(1, row_bytes * self._batch_size))))
+        batch_bytes = max(1, row_bytes * self._batch_size)
+        if not self._in_graph and self._shuffle is False:
+            # The NumPy reader in order: a group is one contiguous slice, so a few MB
+            # per call cost one copy (`unbatch`), and the reader's per-call overhead
+            # (a Python call under the GIL) is paid once per group.
+            return int(max(1, min(64, (4 << 20) // batch_bytes)))
+        return int(max(1, min(16, 65536 // batch_bytes)))
 
     def _epoch_index_groups(self, epoch: tf.Tensor, group: int) -> tf.data.Dataset:
         """The epoch's index batches, `group` full batches per element (shape [k, b])."""
@@ -189,60 +242,103 @@ class ArrayAdapter(DataAdapter):
         return groups
 
     def _host_arrays(self) -> list[np.ndarray]:
-        """The leaves as NumPy arrays held by Python (tensors read once), never copied
-        into a graph: the pipeline reads rows from them through `tf.numpy_function`."""
+        """The leaves as NumPy arrays the adapter owns (`_private_copy`), made once."""
         if self._flat_arrays is None:
-            self._flat_arrays = [
-                t.numpy() if isinstance(t, tf.Tensor) else np.asarray(t)
-                for t in tf.nest.flatten(self._data)
-            ]
+            self._flat_arrays = [_private_copy(t) for t in tf.nest.flatten(self._data)]
         return self._flat_arrays
 
-    def _gather_fn(self, batch_size: int):
-        """The map from index batches (`[b]` or groups `[k, b]`) to data batches.
+    def _tensors(self) -> tuple:
+        """The arrays as tensors (small data only), converted once per adapter."""
+        if self._data_tensors is None:
+            self._data_tensors = tf.nest.map_structure(structure.to_tensor, self._data)
+        return self._data_tensors
 
-        The rows are read on the host by `tf.numpy_function`, so the dataset
-        graph holds indices and a reference to this function, never the data:
-        serialising the pipeline (auto-sharding, cloning it per input worker,
-        tf.data's graph rewrites) copies nothing large, and each host reads
-        only the rows of its own batches. In-order epochs read contiguous
-        slices (one copy per batch); shuffled ones `take` rows (NumPy
-        releases the GIL there, so the parallel `map` reads batches
-        concurrently).
+    def _finish_batch(self, batch: Any, idx: tf.Tensor, batch_size: int) -> Any:
+        if self._static is None:
+            return batch
+        batch = structure.set_batch_dim(batch, batch_size)
+        if self._static == "pad":
+            return PaddedBatch(tuple(batch), idx >= 0)
+        return batch
+
+    def _read(self, indices: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """Index batches (`[b]` or groups `[k, b]`) to data batches.
+
+        Small data (`_in_graph`) is gathered from tensors placed in the
+        pipeline once. Larger data is read on the host by `tf.numpy_function`,
+        so the dataset graph holds indices and a reference to the reader,
+        never the data: serialising the pipeline (auto-sharding, cloning it
+        per input worker, tf.data's graph rewrites) copies nothing large, and
+        each host reads only the rows of its own batches.
         """
+        if self._in_graph:
+
+            @_plain
+            def gather_tensors(idx, arrays):
+                rows = tf.maximum(idx, 0)
+                batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
+                return self._finish_batch(batch, idx, batch_size)
+
+            data = tf.data.Dataset.from_tensors(self._tensors()).repeat()
+            return tf.data.Dataset.zip((indices, data)).map(
+                gather_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
         arrays = self._host_arrays()
         dtypes = [tf.as_dtype(a.dtype) for a in arrays]
         contiguous = self._shuffle is False and self._static is None
-        static, layout = self._static, self._data
+        layout = self._data
 
         def read(idx: np.ndarray) -> list[np.ndarray]:
             if contiguous and idx.size:
                 lo = int(idx.flat[0])
                 return [a[lo : lo + idx.size].reshape(idx.shape + a.shape[1:]) for a in arrays]
             rows = np.maximum(idx, 0)
-            return [a.take(rows, axis=0) for a in arrays]
+            return [_take(a, rows) for a in arrays]
 
         @_plain
-        def gather(idx):
+        def gather_numpy(idx):
             flat = tf.numpy_function(read, [idx], dtypes, stateful=False)
             for t, a in zip(flat, arrays):
                 t.set_shape(idx.shape.concatenate(a.shape[1:]))
-            batch = tf.nest.pack_sequence_as(layout, flat)
-            if static is None:
-                return batch
-            batch = structure.set_batch_dim(batch, batch_size)
-            if static == "pad":
-                return PaddedBatch(tuple(batch), idx >= 0)
-            return batch
+            return self._finish_batch(tf.nest.pack_sequence_as(layout, flat), idx, batch_size)
 
-        return gather
+        return indices.map(gather_numpy, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def _in_order_batches(self) -> tf.data.Dataset:
+        """One epoch of small data in order (`shuffle=False`: evaluate, predict), no `map`.
+
+        The full batches are a reshape of the data (`[num_batches, batch, ...]`,
+        no copy: a prefix slice and a reshape share the buffer), sliced one
+        batch per element; a partial last batch follows. Nothing is traced,
+        so making the pipeline costs well under a millisecond, and reading a
+        batch is one contiguous copy.
+        """
+        n, bs = self._num_samples, self._batch_size
+        full = n // bs
+        data = self._tensors()
+        dataset = None
+        if full:
+            dataset = tf.data.Dataset.from_tensor_slices(
+                tf.nest.map_structure(
+                    lambda t: tf.reshape(t[: full * bs], [full, bs, *t.shape[1:]]), data
+                )
+            )
+        if full * bs < n:
+            tail = tf.data.Dataset.from_tensors(
+                tf.nest.map_structure(lambda t: t[full * bs :], data)
+            )
+            dataset = tail if dataset is None else dataset.concatenate(tail)
+        return dataset
 
     def _index_dataset(self, repeat: bool, first_epoch: int, group: int) -> tf.data.Dataset:
         """The index batches of one epoch, or of every epoch from `first_epoch` on.
 
-        The permutations are computed inside the pipeline (a `flat_map` over
-        epoch numbers), so even the indices are no graph constant.
+        For large data the permutations are computed inside the pipeline (a
+        `flat_map` over epoch numbers), so even the indices are no graph
+        constant; small data builds one epoch's eagerly (no function to trace).
         """
+        if self._in_graph and not repeat:
+            return self._epoch_index_groups(tf.constant(first_epoch, tf.int64), group)
         last = _MAX_EPOCHS if repeat else first_epoch + 1
         return tf.data.Dataset.range(first_epoch, last).flat_map(
             _plain(lambda epoch: self._epoch_index_groups(epoch, group))
@@ -251,12 +347,13 @@ class ArrayAdapter(DataAdapter):
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
         if self._class_weight is not None and self._static == "pad":
             raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        if self._in_graph and self._shuffle is False and self._static is None:
+            dataset = self._in_order_batches()
+            if repeat:
+                dataset = dataset.repeat()  # every epoch is the same order
+            return self._finish(dataset)
         group = self._group_size()
-        dataset = self._index_dataset(repeat, first_epoch, group).map(
-            self._gather_fn(self._batch_size),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+        dataset = self._read(self._index_dataset(repeat, first_epoch, group), self._batch_size)
         if group > 1:
             dataset = dataset.unbatch()  # [k, b, ...] groups -> batches of b
         return self._finish(dataset)
@@ -304,12 +401,7 @@ class ArrayAdapter(DataAdapter):
             indices = self._index_dataset(repeat, first_epoch, 1)
             if skip:
                 indices = indices.skip(skip)
-            dataset = indices.flat_map(split).map(
-                self._gather_fn(per_replica),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            return self._finish(dataset, shard=False)
+            return self._finish(self._read(indices.flat_map(split), per_replica), shard=False)
 
         return strategy.distribute_datasets_from_function(dataset_fn)
 

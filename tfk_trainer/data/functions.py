@@ -124,6 +124,7 @@ class DatasetFunctionAdapter(DataAdapter):
                 f"The dataset of the DatasetFunction passed as `{argument}` is empty (0 batches)."
             )
         self._infinite = cardinality == int(tf.data.INFINITE_CARDINALITY)
+        self._probe = self._prepare(probe)
 
     def _prepare(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         if self._wrap:
@@ -144,9 +145,13 @@ class DatasetFunctionAdapter(DataAdapter):
     def per_replica_batches(self) -> bool:
         return True
 
+    @property
+    def element_spec(self) -> tuple:
+        return self._probe.element_spec
+
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        """The dataset of the default context (one pipeline, one replica)."""
-        return self._prepare(self._function(tf.distribute.InputContext()))
+        """The dataset of the default context (one pipeline, one replica), made once."""
+        return self._probe
 
     def distribute(
         self,

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer import distribute as distribute_lib
 from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
 from tfk_trainer.data.base import DataAdapter, Transform
@@ -366,6 +365,7 @@ class ArrayAdapter(DataAdapter):
         first_epoch: int = 0,
         skip: int = 0,
         transform: Transform | None = None,
+        per_host: bool = False,
     ) -> tf.distribute.DistributedDataset:
         """Under several input workers, one pipeline per host that reads only its rows.
 
@@ -376,7 +376,7 @@ class ArrayAdapter(DataAdapter):
         makes), and gathers only those rows, one per-replica batch per local
         replica. Results equal one process's; no data crosses hosts.
         """
-        if not distribute_lib.per_host_input(strategy) or transform is not None:
+        if not per_host or transform is not None:
             return super().distribute(
                 strategy, repeat=repeat, first_epoch=first_epoch, skip=skip, transform=transform
             )

@@ -44,6 +44,7 @@ class DataAdapter(abc.ABC):
         first_epoch: int = 0,
         skip: int = 0,
         transform: Transform | None = None,
+        per_host: bool = False,
     ) -> tf.distribute.DistributedDataset:
         """The distributed dataset the driver iterates: `get_dataset(...)`, then
         `transform` (a wrapper's rebatching), then `skip` global batches, split
@@ -51,7 +52,9 @@ class DataAdapter(abc.ABC):
 
         Adapters that build one pipeline per input worker (per host) override
         this with `strategy.distribute_datasets_from_function`, so that no host
-        reads (or is sent) the data of another.
+        reads (or is sent) the data of another. `per_host`: the driver's word
+        (`distribute.per_host_input`) that the strategy has several input
+        workers whose pipelines should be built per host.
         """
         dataset = self.get_dataset(repeat=repeat, first_epoch=first_epoch)
         if transform is not None:

@@ -161,6 +161,7 @@ class DatasetFunctionAdapter(DataAdapter):
         first_epoch: int = 0,
         skip: int = 0,
         transform: Transform | None = None,
+        per_host: bool = False,
     ) -> tf.distribute.DistributedDataset:
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             dataset = self._prepare(self._function(context))

@@ -157,13 +157,19 @@ class StaticShapeAdapter(DataAdapter):
         first_epoch: int = 0,
         skip: int = 0,
         transform: Transform | None = None,
+        per_host: bool = False,
     ) -> tf.distribute.DistributedDataset:
         def static_then(dataset: tf.data.Dataset) -> tf.data.Dataset:
             dataset = self._static(dataset)
             return dataset if transform is None else transform(dataset)
 
         return self._inner.distribute(
-            strategy, repeat=repeat, first_epoch=first_epoch, skip=skip, transform=static_then
+            strategy,
+            repeat=repeat,
+            first_epoch=first_epoch,
+            skip=skip,
+            transform=static_then,
+            per_host=per_host,
         )
 
 

@@ -98,7 +98,11 @@ class Iterators:
 
     def _make(self, epoch: int, repeat: bool, skip: int = 0):
         distributed = self._plan.adapter.distribute(
-            self._strategy, repeat=repeat, first_epoch=epoch, skip=skip
+            self._strategy,
+            repeat=repeat,
+            first_epoch=epoch,
+            skip=skip,
+            per_host=distribute.per_host_input(self._strategy),
         )
         return iter(distributed)
 

@@ -1245,7 +1245,7 @@ print(json.dumps(out))
 
 def large_array_main(gb: float) -> None:
     """The large-array row: arrays are read outside every graph, so a multi-GB array
-    costs its own size (and one private copy), not serialised graph copies."""
+    costs its own size, not serialised graph copies."""
     if gb <= 0:
         raise app.UsageError(f"--large_array_gb must be > 0; received {gb}.")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

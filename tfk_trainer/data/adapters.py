@@ -46,16 +46,11 @@ def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
     return buffer[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
-def _private_copy(value: Any) -> np.ndarray:
-    """A leaf as a NumPy array the adapter owns: numeric data copied once into an
-    aligned buffer (later writes to the caller's array cannot reach a batch, and
-    slices of it become tensors without a copy); strings as they are."""
-    array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
-    if array.dtype.kind not in "biufc" or not array.dtype.isnative:
-        return array
-    copy = _aligned_empty(array.shape, array.dtype)
-    np.copyto(copy, array)
-    return copy
+def _host_array(value: Any) -> np.ndarray:
+    """A leaf as a NumPy array, without copying it: a multi-GB input must not be
+    doubled before the first step. Batches are copies of its rows (`_take`), or
+    slices TensorFlow may adopt in place (in order), read while the call runs."""
+    return value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
 
 
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -241,9 +236,9 @@ class ArrayAdapter(DataAdapter):
         return groups
 
     def _host_arrays(self) -> list[np.ndarray]:
-        """The leaves as NumPy arrays the adapter owns (`_private_copy`), made once."""
+        """The leaves as NumPy arrays (`_host_array`), made once."""
         if self._flat_arrays is None:
-            self._flat_arrays = [_private_copy(t) for t in tf.nest.flatten(self._data)]
+            self._flat_arrays = [_host_array(t) for t in tf.nest.flatten(self._data)]
         return self._flat_arrays
 
     def _tensors(self) -> tuple:

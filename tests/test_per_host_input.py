@@ -321,7 +321,8 @@ def test_two_workers_each_read_only_their_shard_and_match_one_process(tmp_path):
 
     weight_keys = [k for k in reference.files if k.startswith("arr_")]
     assert weight_keys
-    for key in weight_keys + ["loss", "eval_loss", "array_loss", "array_weights"]:
+    keys = ["loss", "eval_loss", "array_loss", "array_weights", "numpy_loss", "numpy_weights"]
+    for key in weight_keys + keys:
         np.testing.assert_allclose(workers[0][key], workers[1][key], rtol=0, atol=ATOL, err_msg=key)
         np.testing.assert_allclose(workers[0][key], reference[key], rtol=0, atol=ATOL, err_msg=key)
 

@@ -4,7 +4,8 @@ Usage: python per_host_fit.py OUT_DIR [single]
 With TF_CONFIG set it joins the cluster; with "single" it trains alone on the
 same global batches. Two fits: a `tfk.DatasetFunction` whose worker `i` reads
 only the examples with `id % 2 == i` (every example read is recorded), and
-shuffled arrays (each host gathers only its replicas' rows). Writes
+shuffled arrays, as tensors and through the NumPy reader (each host gathers
+only its replicas' rows). Writes
 OUT_DIR/result_<index>.npz.
 """
 
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfk_trainer as tfk  # noqa: E402
+from tfk_trainer.data import adapters  # noqa: E402
 
 N, D, C, GLOBAL_BATCH, WORKERS = 256, 6, 3, 32, 2
 
@@ -105,6 +107,12 @@ def main() -> None:
         x, y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=True, verbose=0
     )
     array_model_weights = array_model.get_weights()
+    # The same with the NumPy reader (used for large arrays), forced for small ones.
+    adapters.IN_GRAPH_MAX_BYTES = 0
+    numpy_model = _model(strategy)
+    numpy_history = numpy_model.fit(
+        x, y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=True, verbose=0
+    )
     np.savez(
         os.path.join(out_dir, f"result_{index}.npz"),
         *function_weights,
@@ -112,6 +120,8 @@ def main() -> None:
         eval_loss=np.array(function_eval["loss"]),
         array_loss=np.array(array_history.history["loss"]),
         array_weights=np.concatenate([w.ravel() for w in array_model_weights]),
+        numpy_loss=np.array(numpy_history.history["loss"]),
+        numpy_weights=np.concatenate([w.ravel() for w in numpy_model.get_weights()]),
         read=np.array(read, dtype=np.int64),
         contexts=np.array(contexts, dtype=np.int64),
     )

@@ -220,7 +220,7 @@ def test_data_layers():
     graph = import_graph(PACKAGE_ROOT, "tfk_trainer")
     data = _data_modules(graph)
     bottom = {f"{DATA}.{name}" for name in ("base", "structure", "class_weight", "py_dataset")}
-    adapters = {f"{DATA}.{name}" for name in ("adapters", "python_sources", "static")}
+    adapters = {f"{DATA}.{name}" for name in ("adapters", "functions", "python_sources", "static")}
     assert bottom | adapters | {DATA, f"{DATA}.factory"} == data, "a new data/ module: place it"
     for module in sorted(data):
         targets = {i.target for i in graph[module]}

@@ -14,12 +14,14 @@ _startup.quiet_for_binary()
 
 from tfk_trainer import callbacks, data, datasets, distribute  # noqa: E402
 from tfk_trainer import registry as registry  # noqa: E402  (models/datasets by name)
+from tfk_trainer.data.functions import DatasetFunction  # noqa: E402
 from tfk_trainer.engine.loop import PeerUnavailableError  # noqa: E402
 from tfk_trainer.model import Model, Sequential  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DatasetFunction",
     "Model",
     "PeerUnavailableError",
     "Sequential",

@@ -285,3 +285,20 @@ def cpu_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
         strategy: The strategy to ask; `None`: the one in scope.
     """
     return all("CPU" in d.upper() for d in replica_devices(strategy))
+
+
+def per_host_input(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True when each worker (host) should build its own input pipeline.
+
+    Under several workers, `experimental_distribute_dataset` builds the whole
+    pipeline once and rewrites it per worker (serialising it), and every
+    worker reads the whole data to keep its share; a per-host pipeline
+    (`distribute_datasets_from_function`) reads only the host's own rows.
+    TPU strategies keep the one-pipeline path: their input workers may be
+    remote hosts, where Python-held arrays cannot be read.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    strategy = _in_scope(strategy)
+    return is_multi_worker(strategy) and not is_tpu(strategy)

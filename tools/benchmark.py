@@ -146,6 +146,13 @@ flags.DEFINE_list("cold_cases", None, "Only these cold-start cases (default: all
 flags.DEFINE_integer(
     "cold_rounds", None, "Fresh processes per runner and case (default 3 with --quick, else 5)."
 )
+flags.DEFINE_float(
+    "large_array_gb",
+    0.0,
+    "Run only the large-array row (never part of --quick): fit() on a NumPy array of this "
+    "many GB (e.g. 2.2) in a fresh process; reports the peak RSS and the time to the first "
+    "optimizer step, against a process that only builds the array.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1204,6 +1211,66 @@ def cold_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
+# The large-array row's child: builds the array, then (unless "floor") one fit() of two
+# steps; prints a JSON line with the peak RSS and the seconds to the first step.
+LARGE_ARRAY_CHILD = """
+import json, os, resource, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+gb, runner = float(sys.argv[1]), sys.argv[2]
+features = 1024
+rows = int(gb * 1e9) // (4 * features)
+x = np.ones((rows, features), np.float32)
+y = np.zeros((rows,), np.int64)
+out = {"runner": runner, "rows": rows, "gb": x.nbytes / 1e9}
+if runner != "floor":
+    import keras
+    import tfk_trainer as tfk
+    net = keras.Sequential([keras.Input((features,)), keras.layers.Dense(2)])
+    model = tfk.Model(net)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    first = []
+    started = time.perf_counter()
+    callback = tfk.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: first or first.append(time.perf_counter())
+    )
+    model.fit(x, y, batch_size=256, epochs=1, steps_per_epoch=2, shuffle=True, verbose=0,
+              callbacks=[callback])
+    out["first_step_s"] = first[0] - started
+    out["fit_s"] = time.perf_counter() - started
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def large_array_main(gb: float) -> None:
+    """The large-array row: arrays are read outside every graph, so a multi-GB array
+    costs its own size, not serialised graph copies."""
+    if gb <= 0:
+        raise app.UsageError(f"--large_array_gb must be > 0; received {gb}.")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results = []
+    for runner in ("floor", "tfk"):
+        done = subprocess.run(
+            [sys.executable, "-c", LARGE_ARRAY_CHILD, str(gb), runner],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"large-array {runner} child failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    floor, tfk_row = results
+    print("| array GB | rows | tfk peak RSS MB | floor RSS MB | first step s | fit s |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {tfk_row['gb']:.2f} | {tfk_row['rows']:,} | {tfk_row['peak_rss_mb']:,.0f} | "
+        f"{floor['peak_rss_mb']:,.0f} | {tfk_row['first_step_s']:.2f} | {tfk_row['fit_s']:.2f} |"
+    )
+
+
 def cold_main() -> None:
     names = FLAGS.cold_cases or list(COLD_CASES)
     rounds = FLAGS.cold_rounds or (3 if FLAGS.quick else 5)
@@ -1452,6 +1519,9 @@ def main(argv: list[str]) -> None:
     check_flag_values()
     if FLAGS.cold:
         cold_main()
+        return
+    if FLAGS.large_array_gb:
+        large_array_main(FLAGS.large_array_gb)
         return
     configs = select_matrix()
     if not configs:

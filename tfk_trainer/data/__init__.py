@@ -3,6 +3,7 @@
 from tfk_trainer.data.adapters import ArrayAdapter, DatasetAdapter, train_validation_split
 from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.factory import get_adapter
+from tfk_trainer.data.functions import DatasetFunction, DatasetFunctionAdapter
 from tfk_trainer.data.py_dataset import PyDataset
 from tfk_trainer.data.python_sources import GeneratorAdapter, PyDatasetAdapter
 from tfk_trainer.data.structure import pack_x_y_sample_weight, unpack_x_y_sample_weight
@@ -11,6 +12,8 @@ __all__ = [
     "ArrayAdapter",
     "DataAdapter",
     "DatasetAdapter",
+    "DatasetFunction",
+    "DatasetFunctionAdapter",
     "GeneratorAdapter",
     "PyDataset",
     "PyDatasetAdapter",

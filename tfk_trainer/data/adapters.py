@@ -15,22 +15,60 @@ import tensorflow as tf
 
 from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
-from tfk_trainer.data.base import DataAdapter
+from tfk_trainer.data.base import DataAdapter, Transform
 from tfk_trainer.data.structure import PaddedBatch
 
 _MAX_EPOCHS = 2**62
+_ALIGNMENT = 64  # TensorFlow's tensor alignment (Eigen, AVX-512)
+# Arrays smaller than this (all leaves together) are placed in the pipeline as
+# tensors; larger ones are read from Python-held arrays (`ArrayAdapter._read`).
+IN_GRAPH_MAX_BYTES = 4 << 20
 # The pipeline's map functions use Python control flow on static values only:
 # traced without autograph, which tf.data would otherwise apply to each of them
 # (a conversion per function per process, paid before the first step).
 _plain = tf.autograph.experimental.do_not_convert
 
 
+def _nbytes(data: Any) -> int:
+    return sum(
+        int(np.prod(a.shape, dtype=np.int64)) * tf.as_dtype(a.dtype).size
+        for a in tf.nest.flatten(data)
+    )
+
+
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array on a 64-byte boundary: `tf.numpy_function` adopts an
+    aligned result as a tensor without copying it (a misaligned one is copied)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    offset = -buffer.ctypes.data % _ALIGNMENT
+    return buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _host_array(value: Any) -> np.ndarray:
+    """A leaf as a NumPy array, without copying it: a multi-GB input must not be
+    doubled before the first step. Batches are copies of its rows (`_take`), or
+    slices TensorFlow may adopt in place (in order), read while the call runs."""
+    return value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+
+
+def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array.take(rows, axis=0)` into an aligned buffer (numeric dtypes)."""
+    if array.dtype.kind not in "biufc" or not array.dtype.isnative:
+        return array.take(rows, axis=0)
+    out = _aligned_empty(rows.shape + array.shape[1:], array.dtype)
+    return np.take(array, rows, axis=0, out=out)
+
+
 class ArrayAdapter(DataAdapter):
     """NumPy arrays, tensors, and lists/dicts of them.
 
-    The data is placed in the pipeline once (`from_tensors(...).repeat()`),
-    and each epoch batches a permutation of the sample indices and gathers
-    the rows in a parallel `map`: no per-sample Python work. The permutation
+    Each epoch batches a permutation of the sample indices and a parallel
+    `map` reads the rows of each batch: no per-sample Python work. Data of
+    `IN_GRAPH_MAX_BYTES` or more stays in Python, outside every graph (read
+    by `tf.numpy_function`), so no dataset graph holds a constant of its
+    size; smaller data is placed in the pipeline as tensors (faster reads). The permutation
     of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
     skips to epoch `e` sees exactly the batches an uninterrupted run saw.
     """
@@ -74,7 +112,12 @@ class ArrayAdapter(DataAdapter):
         )
         self._shuffle = shuffle
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
-        self._data_tensors = None  # `_data` as tensors, made on first use
+        self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
+        self._data_tensors = None  # `_data` as tensors (small data), made on first use
+        # Small data is placed in the pipeline as tensors (the fastest reads; a
+        # serialised pipeline then carries it as a constant of at most this
+        # size); larger data stays outside every graph, read by NumPy.
+        self._in_graph = _nbytes(self._data) < IN_GRAPH_MAX_BYTES
         self._class_weight = class_weight
         self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
         self._static = static
@@ -172,7 +215,13 @@ class ArrayAdapter(DataAdapter):
             tf.as_dtype(a.dtype).size * int(np.prod([d or 1 for d in list(a.shape)[1:]]))
             for a in tf.nest.flatten(self._data)  # NumPy arrays or tensors
         )
-        return int(max(1, min(16, 65536 // max(1, row_bytes * self._batch_size))))
+        batch_bytes = max(1, row_bytes * self._batch_size)
+        if not self._in_graph and self._shuffle is False:
+            # The NumPy reader in order: a group is one contiguous slice, so a few MB
+            # per call cost one copy (`unbatch`), and the reader's per-call overhead
+            # (a Python call under the GIL) is paid once per group.
+            return int(max(1, min(64, (4 << 20) // batch_bytes)))
+        return int(max(1, min(16, 65536 // batch_bytes)))
 
     def _epoch_index_groups(self, epoch: tf.Tensor, group: int) -> tf.data.Dataset:
         """The epoch's index batches, `group` full batches per element (shape [k, b])."""
@@ -186,18 +235,71 @@ class ArrayAdapter(DataAdapter):
             groups = groups.concatenate(batches.skip(full).map(_plain(lambda b: b[tf.newaxis])))
         return groups
 
+    def _host_arrays(self) -> list[np.ndarray]:
+        """The leaves as NumPy arrays (`_host_array`), made once."""
+        if self._flat_arrays is None:
+            self._flat_arrays = [_host_array(t) for t in tf.nest.flatten(self._data)]
+        return self._flat_arrays
+
     def _tensors(self) -> tuple:
-        """The arrays as tensors, converted once per adapter."""
+        """The arrays as tensors (small data only), converted once per adapter."""
         if self._data_tensors is None:
             self._data_tensors = tf.nest.map_structure(structure.to_tensor, self._data)
         return self._data_tensors
 
-    def _data_dataset(self) -> tf.data.Dataset:
-        """The arrays as one repeated element, for the index-gathering pipeline."""
-        return tf.data.Dataset.from_tensors(self._tensors()).repeat()
+    def _finish_batch(self, batch: Any, idx: tf.Tensor, batch_size: int) -> Any:
+        if self._static is None:
+            return batch
+        batch = structure.set_batch_dim(batch, batch_size)
+        if self._static == "pad":
+            return PaddedBatch(tuple(batch), idx >= 0)
+        return batch
+
+    def _read(self, indices: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """Index batches (`[b]` or groups `[k, b]`) to data batches.
+
+        Small data (`_in_graph`) is gathered from tensors placed in the
+        pipeline once. Larger data is read on the host by `tf.numpy_function`,
+        so the dataset graph holds indices and a reference to the reader,
+        never the data: serialising the pipeline (auto-sharding, cloning it
+        per input worker, tf.data's graph rewrites) copies nothing large, and
+        each host reads only the rows of its own batches.
+        """
+        if self._in_graph:
+
+            @_plain
+            def gather_tensors(idx, arrays):
+                rows = tf.maximum(idx, 0)
+                batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
+                return self._finish_batch(batch, idx, batch_size)
+
+            data = tf.data.Dataset.from_tensors(self._tensors()).repeat()
+            return tf.data.Dataset.zip((indices, data)).map(
+                gather_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
+        arrays = self._host_arrays()
+        dtypes = [tf.as_dtype(a.dtype) for a in arrays]
+        contiguous = self._shuffle is False and self._static is None
+        layout = self._data
+
+        def read(idx: np.ndarray) -> list[np.ndarray]:
+            if contiguous and idx.size:
+                lo = int(idx.flat[0])
+                return [a[lo : lo + idx.size].reshape(idx.shape + a.shape[1:]) for a in arrays]
+            rows = np.maximum(idx, 0)
+            return [_take(a, rows) for a in arrays]
+
+        @_plain
+        def gather_numpy(idx):
+            flat = tf.numpy_function(read, [idx], dtypes, stateful=False)
+            for t, a in zip(flat, arrays):
+                t.set_shape(idx.shape.concatenate(a.shape[1:]))
+            return self._finish_batch(tf.nest.pack_sequence_as(layout, flat), idx, batch_size)
+
+        return indices.map(gather_numpy, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def _in_order_batches(self) -> tf.data.Dataset:
-        """One epoch in order (`shuffle=False`: evaluate, predict), with no `map`.
+        """One epoch of small data in order (`shuffle=False`: evaluate, predict), no `map`.
 
         The full batches are a reshape of the data (`[num_batches, batch, ...]`,
         no copy: a prefix slice and a reshape share the buffer), sliced one
@@ -222,52 +324,94 @@ class ArrayAdapter(DataAdapter):
             dataset = tail if dataset is None else dataset.concatenate(tail)
         return dataset
 
+    def _index_dataset(self, repeat: bool, first_epoch: int, group: int) -> tf.data.Dataset:
+        """The index batches of one epoch, or of every epoch from `first_epoch` on.
+
+        For large data the permutations are computed inside the pipeline (a
+        `flat_map` over epoch numbers), so even the indices are no graph
+        constant; small data builds one epoch's eagerly (no function to trace).
+        """
+        if self._in_graph and not repeat:
+            return self._epoch_index_groups(tf.constant(first_epoch, tf.int64), group)
+        last = _MAX_EPOCHS if repeat else first_epoch + 1
+        return tf.data.Dataset.range(first_epoch, last).flat_map(
+            _plain(lambda epoch: self._epoch_index_groups(epoch, group))
+        )
+
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        if self._shuffle is False and self._static is None:
+        if self._class_weight is not None and self._static == "pad":
+            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        if self._in_graph and self._shuffle is False and self._static is None:
             dataset = self._in_order_batches()
             if repeat:
                 dataset = dataset.repeat()  # every epoch is the same order
             return self._finish(dataset)
         group = self._group_size()
-        if repeat:
-            index_batches = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(
-                lambda epoch: self._epoch_index_groups(epoch, group)
-            )
-        else:
-            # One epoch: its index batches are built eagerly (the same ops as in the
-            # flat_map above, so the same permutation), which saves tracing a function.
-            index_batches = self._epoch_index_groups(tf.constant(first_epoch, tf.int64), group)
-        data = self._data_dataset()
-
-        static, bs = self._static, self._batch_size
-
-        @_plain
-        def gather(idx, arrays):
-            rows = tf.maximum(idx, 0)
-            batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
-            if static is None:
-                return batch
-            batch = structure.set_batch_dim(batch, bs)
-            if static == "pad":
-                return PaddedBatch(tuple(batch), idx >= 0)
-            return batch
-
-        dataset = tf.data.Dataset.zip((index_batches, data)).map(
-            gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+        dataset = self._read(self._index_dataset(repeat, first_epoch, group), self._batch_size)
         if group > 1:
             dataset = dataset.unbatch()  # [k, b, ...] groups -> batches of b
-        if self._class_weight is not None and static == "pad":
-            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
         return self._finish(dataset)
 
-    def _finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Class weights, sharding and tf.data options, and prefetching."""
+    def distribute(
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        repeat: bool = False,
+        first_epoch: int = 0,
+        skip: int = 0,
+        transform: Transform | None = None,
+        per_host: bool = False,
+    ) -> tf.distribute.DistributedDataset:
+        """Under several input workers, one pipeline per host that reads only its rows.
+
+        Every host computes the same global index batches (a pure function of
+        `(seed, epoch)`), keeps the slice of each that its replicas train on
+        (replica `r` of `R` takes rows `[r * b, (r + 1) * b)` of the global
+        batch, `b = ceil(batch / R)`: the split `experimental_distribute_dataset`
+        makes), and gathers only those rows, one per-replica batch per local
+        replica. Results equal one process's; no data crosses hosts.
+        """
+        if not per_host or transform is not None:
+            return super().distribute(
+                strategy, repeat=repeat, first_epoch=first_epoch, skip=skip, transform=transform
+            )
+        if self._class_weight is not None and self._static == "pad":
+            raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
+        batch = self._batch_size
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            replicas = context.num_replicas_in_sync
+            local = max(1, replicas // context.num_input_pipelines)
+            per_replica = -(-batch // replicas)
+            first_row = context.input_pipeline_id * local * per_replica
+
+            @_plain
+            def split(idx):
+                mine = idx[first_row : first_row + local * per_replica]
+                chunks = tf.data.Dataset.range(local).map(
+                    _plain(lambda j: mine[j * per_replica : (j + 1) * per_replica])
+                )
+                return chunks.filter(_plain(lambda c: tf.size(c) > 0))
+
+            indices = self._index_dataset(repeat, first_epoch, 1)
+            if skip:
+                indices = indices.skip(skip)
+            return self._finish(self._read(indices.flat_map(split), per_replica), shard=False)
+
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _finish(self, dataset: tf.data.Dataset, shard: bool = True) -> tf.data.Dataset:
+        """Class weights, sharding and tf.data options, and prefetching.
+
+        `shard=False`: the pipeline is already this host's own (per-host input).
+        """
         if self._class_weight is not None:
             dataset = class_weight_lib.apply_to_dataset(dataset, self._class_weight)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
+            if shard
+            else tf.data.experimental.AutoShardPolicy.OFF
         )
         # tf.data's default graph rewrites would serialise the dataset graph, arrays
         # included, when an iterator is made: an extra copy of the data in memory and

@@ -15,8 +15,12 @@ module: the concrete adapters import it, and `factory` imports them.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import tensorflow as tf
+
+# A dataset-to-dataset function a wrapper applies to each input pipeline's dataset.
+Transform = Callable[[tf.data.Dataset], tf.data.Dataset]
 
 
 class DataAdapter(abc.ABC):
@@ -31,6 +35,39 @@ class DataAdapter(abc.ABC):
         driver's persistent iterator (`steps_per_epoch` set); adapters that
         cannot repeat (user datasets) return their dataset unchanged.
         """
+
+    def distribute(
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        repeat: bool = False,
+        first_epoch: int = 0,
+        skip: int = 0,
+        transform: Transform | None = None,
+        per_host: bool = False,
+    ) -> tf.distribute.DistributedDataset:
+        """The distributed dataset the driver iterates: `get_dataset(...)`, then
+        `transform` (a wrapper's rebatching), then `skip` global batches, split
+        across the strategy's replicas.
+
+        Adapters that build one pipeline per input worker (per host) override
+        this with `strategy.distribute_datasets_from_function`, so that no host
+        reads (or is sent) the data of another. `per_host`: the driver's word
+        (`distribute.per_host_input`) that the strategy has several input
+        workers whose pipelines should be built per host.
+        """
+        dataset = self.get_dataset(repeat=repeat, first_epoch=first_epoch)
+        if transform is not None:
+            dataset = transform(dataset)
+        if skip:
+            dataset = dataset.skip(skip)
+        return strategy.experimental_distribute_dataset(dataset)
+
+    @property
+    def per_replica_batches(self) -> bool:
+        """True when the data's batches are per-replica batches (a dataset function's),
+        not global batches the strategy splits."""
+        return False
 
     @property
     @abc.abstractmethod

@@ -21,6 +21,7 @@ from tfk_trainer.data import class_weight as class_weight_lib
 from tfk_trainer.data import structure
 from tfk_trainer.data.adapters import ArrayAdapter, DatasetAdapter
 from tfk_trainer.data.base import DataAdapter
+from tfk_trainer.data.functions import DatasetFunctionAdapter, is_dataset_function
 from tfk_trainer.data.python_sources import (
     GeneratorAdapter,
     PyDatasetAdapter,
@@ -103,6 +104,9 @@ def _source_adapter(
     """The adapter of an already-batched source (dataset, PyDataset, generator), or
     None when `x` is none of them."""
     extras = {"y": y, "sample_weight": sample_weight, "batch_size": batch_size}
+    if is_dataset_function(x):
+        _reject_with_dataset(**extras, kind="a DatasetFunction")
+        return DatasetFunctionAdapter(x, class_weight=class_weight, argument=argument)
     if isinstance(x, tf.data.Dataset):
         _reject_with_dataset(**extras, kind="a tf.data.Dataset")
         return DatasetAdapter(x, class_weight=class_weight)

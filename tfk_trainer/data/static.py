@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer.data.base import DataAdapter
+from tfk_trainer.data.base import DataAdapter, Transform
 from tfk_trainer.data.structure import PaddedBatch, set_batch_dim
 
 MODES = ("drop", "wrap", "pad")
@@ -65,18 +65,39 @@ class StaticShapeAdapter(DataAdapter):
         self._inner = inner
         self._mode = mode
         self._batch_size = batch_size or _first_batch_size(inner)
+        # "drop" keeps the count known where every batch is already full (a static
+        # batch dimension, e.g. `batch(..., drop_remainder=True)`): the filter is then
+        # a no-op, and a known count lets the driver read without end-of-data checks.
+        self._all_full = mode == "drop" and _batch_dim(inner) == self._batch_size
 
     @property
     def num_batches(self) -> int | None:
-        return None if self._mode == "drop" else self._inner.num_batches
+        if self._mode == "drop" and not self._all_full:
+            return None
+        return self._inner.num_batches
+
+    @property
+    def exact_batches(self) -> bool:
+        # A known count of full (or padded) batches: exact, unless the source is
+        # Python that may end early on a change of shapes.
+        return self._inner.exact_batches or (
+            self.num_batches is not None
+            and not self._inner.is_infinite
+            and not self._inner.can_change_spec
+        )
+
+    @property
+    def per_replica_batches(self) -> bool:
+        return self._inner.per_replica_batches
 
     @property
     def is_infinite(self) -> bool:
         return self._inner.is_infinite
 
     @property
-    def batch_size(self) -> int:
-        return self._batch_size
+    def batch_size(self) -> int | None:
+        # A dataset function's batches are per replica: not a global size to split.
+        return None if self._inner.per_replica_batches else self._batch_size
 
     @property
     def can_repeat(self) -> bool:
@@ -117,13 +138,49 @@ class StaticShapeAdapter(DataAdapter):
     def close(self) -> None:
         self._inner.close()
 
-    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
-        dataset = self._inner.get_dataset(repeat=repeat, first_epoch=first_epoch)
+    def _static(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         size = self._batch_size
         if self._mode == "drop":
-            dataset = dataset.filter(lambda *b: tf.shape(tf.nest.flatten(b)[0])[0] == size)
+            if not self._all_full:
+                dataset = dataset.filter(lambda *b: tf.shape(tf.nest.flatten(b)[0])[0] == size)
             return dataset.map(lambda *b: set_batch_dim(b, size))
         return dataset.map(lambda *b: pad_batch(b, size))
+
+    def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
+        return self._static(self._inner.get_dataset(repeat=repeat, first_epoch=first_epoch))
+
+    def distribute(
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        repeat: bool = False,
+        first_epoch: int = 0,
+        skip: int = 0,
+        transform: Transform | None = None,
+        per_host: bool = False,
+    ) -> tf.distribute.DistributedDataset:
+        def static_then(dataset: tf.data.Dataset) -> tf.data.Dataset:
+            dataset = self._static(dataset)
+            return dataset if transform is None else transform(dataset)
+
+        return self._inner.distribute(
+            strategy,
+            repeat=repeat,
+            first_epoch=first_epoch,
+            skip=skip,
+            transform=static_then,
+            per_host=per_host,
+        )
+
+
+def _batch_dim(adapter: DataAdapter) -> int | None:
+    """The static batch dimension every leaf of the adapter's elements shares, if any."""
+    dims = {
+        spec.shape[0] if spec.shape.rank else None
+        for spec in tf.nest.flatten(adapter.element_spec)
+        if isinstance(spec, tf.TensorSpec)
+    }
+    return dims.pop() if len(dims) == 1 else None
 
 
 def _first_batch_size(adapter: DataAdapter) -> int:

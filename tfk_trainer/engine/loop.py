@@ -85,17 +85,25 @@ class Iterators:
             plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
         # Exact executions read without an end-of-data check. Across workers each
         # worker's shard may hold a different number of batches, so never there.
-        self.exact = plan.adapter.exact_batches and not multi_worker
+        # A persistent iterator over data that does not repeat may run out: checked too.
+        self.exact = (
+            plan.adapter.exact_batches
+            and not multi_worker
+            and (not plan.persistent or plan.adapter.can_repeat)
+        )
 
     @property
     def adapter(self) -> DataAdapter:
         return self._plan.adapter
 
     def _make(self, epoch: int, repeat: bool, skip: int = 0):
-        dataset = self._plan.adapter.get_dataset(repeat=repeat, first_epoch=epoch)
-        if skip:
-            dataset = dataset.skip(skip)
-        distributed = self._strategy.experimental_distribute_dataset(dataset)
+        distributed = self._plan.adapter.distribute(
+            self._strategy,
+            repeat=repeat,
+            first_epoch=epoch,
+            skip=skip,
+            per_host=distribute.per_host_input(self._strategy),
+        )
         return iter(distributed)
 
     def for_epoch(self, epoch: int, skip: int = 0):

@@ -100,8 +100,12 @@ class Model(ModelSurface, tf.Module):
             return self.network(inputs, training=training)
         return self.network(inputs)
 
-    def __call__(self, inputs: Any, training: bool = False) -> Any:
-        return self.call(inputs, training=training)
+    def __call__(self, inputs: Any, training: bool = False, **kwargs: Any) -> Any:
+        # As Keras: `training` reaches `call` only when its signature takes it
+        # (many Keras docs write `call(self, x)`); other keyword arguments pass through.
+        if build.call_takes_training(type(self)):
+            kwargs["training"] = training
+        return self.call(inputs, **kwargs)
 
     # -- variables -----------------------------------------------------------
 
@@ -304,6 +308,9 @@ class Model(ModelSurface, tf.Module):
     def _custom_train_step(self) -> bool:
         return type(self).train_step is not Model.train_step
 
+    def _custom_compute_loss(self) -> bool:
+        return type(self).compute_loss is not Model.compute_loss
+
     def _standard_steps(self) -> bool:
         """No custom train/test step or compute_loss: targets reach the compiled losses as given."""
         cls = type(self)
@@ -389,20 +396,25 @@ class Model(ModelSurface, tf.Module):
         loss, _, _ = replica.loss_terms(self._step_context(), x, y, y_pred, sample_weight)
         return loss
 
-    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """Updates the compiled metrics for one batch.
+    def compute_metrics(
+        self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None
+    ) -> dict[str, Any]:
+        """Updates the compiled metrics for one batch; returns every metric's result.
 
         `metrics` are updated unweighted and `weighted_metrics` with
-        `sample_weight`, as Keras does. Unlike Keras it returns nothing: the
-        engine reads the results after the execution.
+        `sample_weight`, as Keras does.
 
         Args:
             x: The batch's inputs.
             y: The batch's targets.
             y_pred: The model's outputs for `x`.
             sample_weight: Optional per-sample weights, for `weighted_metrics`.
+
+        Returns:
+            `get_metrics_result()`, as Keras's `compute_metrics`.
         """
         replica.update_compiled_metrics(self._step_context(), y, y_pred, sample_weight, None)
+        return self.get_metrics_result()
 
     def _update_metrics(self, ctx: replica.StepContext, y, y_pred, sample_weight, valid) -> None:
         """Calls a `compute_metrics` override, or updates the compiled metrics directly."""
@@ -420,51 +432,85 @@ class Model(ModelSurface, tf.Module):
             return replica.loss_terms(ctx, x, y, y_pred, sample_weight, valid)
         sample_weight = replica.with_padding_weights(sample_weight, valid)
         calls = self._state.base_compute_loss_calls
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
+        # Keras's older `compute_loss(x, y, y_pred, sample_weight)` has no `training`.
+        extra = {"training": training} if build.compute_loss_takes_training(type(self)) else {}
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **extra)
         plain_mean = self._state.base_compute_loss_calls == calls
         loss, global_batch = replica.custom_loss_share(loss, x, valid, plain_mean)
         return loss, global_batch, None
 
-    def train_step(self, data: Any) -> None:
+    def _engine_step(self, mode: str) -> tuple[Any, bool]:
+        """`(replica function, overridden)` for the compiled `mode` ("train"/"test")
+        loop: the default step's body (which reads no results), or the override."""
+        if mode == "train":
+            custom = self._custom_train_step()
+            return (self.train_step if custom else self._default_train_step), custom
+        custom = type(self).test_step is not Model.test_step
+        return (self.test_step if custom else self._default_test_step), custom
+
+    def get_metrics_result(self) -> dict[str, Any]:
+        """Every metric's current result, keyed by its log name (as Keras's)."""
+        if not self._state.built:
+            return {}
+        return build.metric_values(self._state)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
         """One replica's training step: forward, loss, gradients, update, metrics.
 
         Override it, as in Keras, to customise training; `fit` and
-        `train_on_batch` call it inside their compiled loop. The logs are
-        read from the model's metrics after the execution: the compiled ones
-        and any `keras.metrics.Metric` held as an attribute (a custom step's
-        trackers). An override may return a dict of those results, as in
-        Keras; the value it returns is not used.
+        `train_on_batch` call it inside their compiled loop. As in Keras, it
+        returns the logs (`get_metrics_result()`), so an override may return
+        `super().train_step(data)`. What an override returns is what `fit`
+        logs and `History` records: a dict keyed by the model's metric names
+        is read from those metrics after the execution; any other dict (plain
+        values, other names) is logged as the last step returned it.
 
         Args:
             data: One batch as the data yields it: `x`, `(x,)`, `(x, y)` or
                 `(x, y, sample_weight)` (unpack it with
                 `keras.utils.unpack_x_y_sample_weight`).
+
+        Returns:
+            The metrics' results after this step, keyed by log name.
         """
+        self._default_train_step(data)
+        return self.get_metrics_result()
+
+    def _default_train_step(self, data: Any) -> None:
+        """`train_step` without reading the results (what the engine runs by default)."""
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         variables = self._state.trainable
         ctx = self._step_context()
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss, global_batch, shares = self._loss_for_step(ctx, x, y, y_pred, sample_weight, valid)
+            loss, global_batch, shares = self._loss_for_step(
+                ctx, x, y, y_pred, sample_weight, valid
+            )
             scaled = replica.scale_loss(self.optimizer, loss)
         grads = tape.gradient(scaled, variables)
         replica.apply_gradients(self.optimizer, grads, variables)
         replica.track_loss(ctx, loss, global_batch, x, valid, shares)
         self._update_metrics(ctx, y, y_pred, sample_weight, valid)
 
-    def test_step(self, data: Any) -> None:
+    def test_step(self, data: Any) -> dict[str, Any]:
         """One replica's evaluation step: forward, loss, metrics.
 
         Override it, as in Keras, to customise evaluation (`evaluate`,
-        validation in `fit`, `test_on_batch`). Returns nothing, like
-        `train_step`.
+        validation in `fit`, `test_on_batch`). Its returned logs are used
+        as `train_step`'s are.
 
         Args:
             data: One batch: `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+
+        Returns:
+            The metrics' results after this step, keyed by log name.
         """
+        self._default_test_step(data)
+        return self.get_metrics_result()
+
+    def _default_test_step(self, data: Any) -> None:
+        """`test_step` without reading the results (what the engine runs by default)."""
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         ctx = self._step_context()

@@ -157,8 +157,10 @@ class CallbackList:
         raise NotImplementedError  # built once; see `__init__`
 
     def _call(self, hook: str, *args, logs=None) -> None:
+        # Keras hands every hook a dict (`{}` for the `*_begin` hooks), and user
+        # callbacks write `logs["x"]` or `logs.get(...)`: never None.
         for cb in self.callbacks:
-            getattr(cb, hook)(*args, logs=logs)
+            getattr(cb, hook)(*args, logs={} if logs is None else logs)
 
     def wants_batch(self, hook: str) -> bool:
         return bool(self._batch_hooks[hook])
@@ -185,7 +187,7 @@ class CallbackList:
 
     def _batch(self, hook: str, batch: int, logs: Any) -> None:
         for cb in self._batch_hooks[hook]:
-            getattr(cb, hook)(batch, logs=logs)
+            getattr(cb, hook)(batch, logs={} if logs is None else logs)
 
     def on_train_begin(self, logs=None):
         self._call("on_train_begin", logs=logs)

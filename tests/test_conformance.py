@@ -1,0 +1,235 @@
+"""Keras conformance (issue 19): each behaviour a Keras user's code relies on,
+checked against `keras.Model.fit` on the same tiny network and data.
+
+Each test builds the same thing twice, once on `keras.Model` and once on
+`tfk.Model` (only the base class or the wrapping line differs), and compares
+what the user sees: History keys and values, logs handed to callbacks,
+weights. Where tfk_trainer differs on purpose, the test says so and points to
+docs/differences.md.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfk_trainer as tfk
+
+ATOL = 1e-5
+
+
+def data(n: int = 32, features: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = (x @ rng.normal(size=(features, 1))).astype("float32")
+    return x, y
+
+
+def net(features: int = 4, units: int = 1, seed: int = 3) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((features,)), keras.layers.Dense(units)])
+
+
+def both(seed: int = 3, **compile_kwargs):
+    """`(keras model, tfk model)`: the same network and weights, compiled alike
+    (`optimizer` a string, so each gets its own)."""
+    k = net(seed=seed)
+    t = tfk.Model(net(seed=seed))
+    compile_kwargs.setdefault("optimizer", "sgd")
+    compile_kwargs.setdefault("loss", "mse")
+    k.compile(**compile_kwargs)
+    t.compile(**compile_kwargs)
+    return k, t
+
+
+def assert_history_equal(hk, ht, atol: float = ATOL) -> None:
+    assert list(hk.history) == list(ht.history)
+    for key in hk.history:
+        np.testing.assert_allclose(hk.history[key], ht.history[key], atol=atol, err_msg=key)
+
+
+# -- 1: `training` passed only when `call` / `compute_loss` take it -------------------------
+
+
+def _no_training_subclass(base):
+    class NoTraining(base):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):  # no `training`, as in many Keras docs
+            return self.dense(x)
+
+    return NoTraining
+
+
+def test_call_without_training_argument_trains_like_keras():
+    x, y = data()
+    models = []
+    for base in (keras.Model, tfk.Model):
+        keras.utils.set_random_seed(5)
+        m = _no_training_subclass(base)()
+        m(x[:1])
+        m.compile(optimizer="sgd", loss="mse")
+        models.append(m)
+    k, t = models
+    t.set_weights(k.get_weights())
+    hk = k.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    ht = t.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert_history_equal(hk, ht)
+    np.testing.assert_allclose(k.predict(x, verbose=0), t.predict(x, verbose=0), atol=ATOL)
+
+
+def test_compute_loss_without_training_argument():
+    """Keras's older `compute_loss(x, y, y_pred, sample_weight)` signature."""
+
+    def with_loss(base):
+        class OldLoss(base):
+            def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+                return tf.reduce_mean(tf.abs(y - y_pred))
+
+        return OldLoss
+
+    x, y = data()
+    inner = net()
+    k = with_loss(keras.Model)(inner.inputs, inner.outputs)
+    t = with_loss(tfk.Model)(net())
+    k.compile(optimizer="sgd")
+    t.compile(optimizer="sgd")
+    hk = k.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    ht = t.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert_history_equal(hk, ht)
+
+
+# -- 2: what a step returns is what `fit` logs ----------------------------------------------
+
+
+def _returning(base, kind: str):
+    class Returning(base):
+        def train_step(self, data):
+            logs = super().train_step(data)
+            if kind == "super":
+                return logs
+            return {"my_metric": 10.0}
+
+        def test_step(self, data):
+            logs = super().test_step(data)
+            if kind == "super":
+                return logs
+            return {"my_val": 2.5}
+
+    return Returning
+
+
+@pytest.mark.parametrize("kind", ["super", "plain"])
+def test_train_step_return_is_logged(kind):
+    x, y = data()
+    inner = net()
+    k = _returning(keras.Model, kind)(inner.inputs, inner.outputs)
+    t = _returning(tfk.Model, kind)(net())
+    k.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    t.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    seen = {}
+
+    class Batch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.setdefault(id(self.model), dict(logs))
+
+    hk = k.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        validation_data=(x, y),
+        callbacks=[Batch()],
+    )
+    ht = t.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        validation_data=(x, y),
+        callbacks=[Batch()],
+    )
+    assert_history_equal(hk, ht)
+    seen_k, seen_t = seen[id(k)], seen[id(t)]
+    assert sorted(seen_k) == sorted(seen_t)
+    for key in seen_k:
+        np.testing.assert_allclose(seen_k[key], seen_t[key], atol=ATOL)
+    rk = k.evaluate(x, y, verbose=0, return_dict=True)
+    rt = t.evaluate(x, y, verbose=0, return_dict=True)
+    assert sorted(rk) == sorted(rt)
+    for key in rk:
+        np.testing.assert_allclose(rk[key], rt[key], atol=ATOL)
+
+
+def test_super_train_step_returns_logs_dict():
+    captured = {}
+
+    class Capture(tfk.Model):
+        def train_step(self, data):
+            logs = super().train_step(data)
+            captured["keys"] = sorted(logs)
+            return logs
+
+    x, y = data()
+    t = Capture(net())
+    t.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    t.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert captured["keys"] == ["loss", "mae"]
+
+
+# -- 6: `*_begin` hooks get a dict -----------------------------------------------------------
+
+
+def test_begin_hooks_receive_empty_dict():
+    got = {"keras": [], "tfk": []}
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def _log(self, hook, logs):
+            got[self.key].append((hook, type(logs).__name__ if logs is None else "dict"))
+
+        def on_train_begin(self, logs=None):
+            self._log("train_begin", logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._log("epoch_begin", logs)
+            logs.get("anything")
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._log("train_batch_begin", logs)
+
+        def on_test_begin(self, logs=None):
+            self._log("test_begin", logs)
+
+        def on_test_batch_begin(self, batch, logs=None):
+            self._log("test_batch_begin", logs)
+
+        def on_predict_begin(self, logs=None):
+            self._log("predict_begin", logs)
+
+        def on_predict_batch_begin(self, batch, logs=None):
+            self._log("predict_batch_begin", logs)
+
+        def on_predict_end(self, logs=None):
+            self._log("predict_end", logs)
+
+    x, y = data(n=8)
+    k, t = both()
+    for key, m in (("keras", k), ("tfk", t)):
+        m.fit(
+            x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x, y), callbacks=[Record(key)]
+        )
+        m.predict(x, batch_size=8, verbose=0, callbacks=[Record(key)])
+    assert got["keras"] == got["tfk"]
+    assert all(kind == "dict" for _, kind in got["tfk"])

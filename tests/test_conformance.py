@@ -233,3 +233,76 @@ def test_begin_hooks_receive_empty_dict():
         m.predict(x, batch_size=8, verbose=0, callbacks=[Record(key)])
     assert got["keras"] == got["tfk"]
     assert all(kind == "dict" for _, kind in got["tfk"])
+
+
+# -- 12: recompiling resets the per-output loss logs ----------------------------------------
+
+
+def _two_outputs(seed: int = 3) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((4,))
+    return keras.Model(
+        inp, {"a": keras.layers.Dense(1, name="a")(inp), "b": keras.layers.Dense(1, name="b")(inp)}
+    )
+
+
+def test_recompile_per_output_losses_like_keras():
+    x, y = data()
+    k, t = _two_outputs(), tfk.Model(_two_outputs())
+    targets = {"a": y, "b": 2 * y}
+    for loss in ({"a": "mse", "b": "mse"}, {"a": "mse", "b": "mae"}, {"a": None, "b": "mse"}):
+        for m in (k, t):
+            m.compile(optimizer="sgd", loss=loss)
+        hk = k.fit(x, targets, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        ht = t.fit(x, targets, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        assert_history_equal(hk, ht)
+        assert all(v[0] != 0.0 for v in ht.history.values())
+
+
+# -- 14: EarlyStopping infers the direction of a metric -------------------------------------
+
+
+@pytest.mark.parametrize("monitor", ["mae", "val_mae", "val_loss"])
+def test_early_stopping_auto_mode_from_metric(monitor):
+    x, y = data()
+    k, t = both(metrics=["mae"])
+    cb_k = keras.callbacks.EarlyStopping(monitor=monitor, patience=0)
+    cb_t = tfk.callbacks.EarlyStopping(monitor=monitor, patience=0)
+    fit = dict(batch_size=8, epochs=3, verbose=0, shuffle=False, validation_data=(x, y))
+    hk = k.fit(x, y, callbacks=[cb_k], **fit)
+    ht = t.fit(x, y, callbacks=[cb_t], **fit)
+    assert_history_equal(hk, ht)
+    assert cb_t.monitor_op(1.0, 2.0) == cb_k.monitor_op(1.0, 2.0)  # lower is better
+
+
+# -- 4: `trainable = False` between fits ----------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["model", "layer"])
+def test_trainable_false_between_fits_trains_nothing(what):
+    """Keras freezes after a `compile()`; tfk also without one (docs/differences.md)."""
+    x, y = data()
+    k, t = both()
+    for recompile in (True, False):
+        for m, network in ((k, k), (t, t.network)):
+            m.fit(x, y, batch_size=8, epochs=1, verbose=0)
+            if what == "model":
+                m.trainable = False
+            else:
+                network.layers[0].trainable = False
+            if recompile:
+                m.compile(optimizer="sgd", loss="mse")
+        before = t.get_weights()
+        if recompile:
+            before_k = k.get_weights()
+            k.fit(x, y, batch_size=8, epochs=1, verbose=0)
+            for a, b in zip(before_k, k.get_weights()):
+                np.testing.assert_array_equal(a, b)
+        t.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        for a, b in zip(before, t.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        assert t.trainable_weights == [] and len(t.non_trainable_weights) == 2
+        t.trainable = True
+        k.trainable = True
+        for m in (k, t):
+            m.compile(optimizer="sgd", loss="mse")

@@ -113,8 +113,21 @@ class Model(ModelSurface, tf.Module):
         """Keras layers, bare tf.Variables and Keras metrics reachable from the model."""
         return variables_lib.walk(self)
 
+    @property
+    def trainable(self) -> bool:
+        """Whether the model's variables are trained (Keras's `Model.trainable`)."""
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        # As Keras: every layer follows (the wrapped network, or a subclass's
+        # layers); the next fit trains with the new set, no compile() needed.
+        self.__dict__["_trainable"] = bool(value)
+        for layer in variables_lib.walk(self)[0]:
+            layer.trainable = bool(value)
+
     def _collect_variables(self) -> tuple[list, list]:
-        trainable, non_trainable, layers, metrics = variables_lib.collect(self)
+        trainable, non_trainable, layers, metrics = build.collect_variables(self)
         self._state.user_metrics = metrics
         self._state.layers = layers
         return trainable, non_trainable

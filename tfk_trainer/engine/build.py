@@ -249,6 +249,7 @@ def build_network(model: Any, x_spec: Any) -> None:
     """
     state = model._state
     if state.network_built:
+        refresh_trainable(model)
         return
     if state.compile_config is None:
         state.strategy = tf.distribute.get_strategy()
@@ -265,11 +266,40 @@ def build_network(model: Any, x_spec: Any) -> None:
     )
     state.sample_output = y_pred
     state.input_spec = x_spec
-    state.trainable, state.non_trainable, state.layers, state.user_metrics = variables_lib.collect(
+    state.trainable, state.non_trainable, state.layers, state.user_metrics = collect_variables(
         model
     )
+    state.executor = make_executor(model)
+    state.network_built = True
+
+
+def collect_variables(model: Any) -> tuple[list, list, list, list]:
+    """`(trainable, non-trainable, layers, metrics)`; none trainable when
+    `model.trainable` is False (as Keras's `Model.trainable`)."""
+    trainable, non_trainable, layers, metrics = variables_lib.collect(model)
+    if not getattr(model, "trainable", True):
+        trainable, non_trainable = [], trainable + non_trainable
+    return trainable, non_trainable, layers, metrics
+
+
+def refresh_trainable(model: Any) -> None:
+    """Takes up `trainable` flags changed since the model was built (a frozen
+    layer, `model.trainable = False`): the next train step traces again with the
+    new variable list. Keras needs a `compile()` for it; here the next run sees it.
+    """
+    state = model._state
+    trainable, non_trainable, _, _ = collect_variables(model)
+    if [id(v) for v in trainable] == [id(v) for v in state.trainable]:
+        return
+    state.trainable, state.non_trainable = trainable, non_trainable
+    state.executor = make_executor(model)
+
+
+def make_executor(model: Any) -> Executor:
+    """The compiled functions of a model whose variables exist (traced on first use)."""
+    state = model._state
     config = state.compile_config
-    state.executor = Executor(
+    return Executor(
         model.distribute_strategy,
         train_step=engine_step(model, "train"),
         test_step=engine_step(model, "test"),
@@ -281,7 +311,6 @@ def build_network(model: Any, x_spec: Any) -> None:
         run_eagerly=model.run_eagerly,
         autograph=lambda: step_autograph(model),
     )
-    state.network_built = True
 
 
 def ensure_built(model: Any, element_spec: tuple) -> None:

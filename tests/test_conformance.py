@@ -306,3 +306,49 @@ def test_trainable_false_between_fits_trains_nothing(what):
         k.trainable = True
         for m in (k, t):
             m.compile(optimizer="sgd", loss="mse")
+
+
+# -- 5: stop_evaluating / stop_predicting from a callback -----------------------------------
+
+
+def _forever(x, y):
+    def gen():
+        while True:
+            for i in range(0, len(x), 8):
+                yield x[i : i + 8], y[i : i + 8]
+
+    return gen()
+
+
+def test_stop_evaluating_and_predicting_from_callback():
+    x, y = data()
+    k, t = both()
+
+    class Stop(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.test_batches, self.predict_batches = [], []
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.test_batches.append(batch)
+            if batch == 2:
+                self.model.stop_evaluating = True
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self.predict_batches.append(batch)
+            if batch == 1:
+                self.model.stop_predicting = True
+
+    results = []
+    for m in (k, t):
+        cb = Stop()
+        loss = m.evaluate(_forever(x, y), verbose=0, callbacks=[cb])
+        out = m.predict(_forever(x, y), verbose=0, callbacks=[cb])
+        results.append((cb.test_batches, cb.predict_batches, loss, out.shape))
+        # The next run starts afresh (Keras resets the flags at the start of each).
+        assert len(m.predict(x, batch_size=8, verbose=0)) == len(x)
+    (tk, pk, lk, sk), (tt, pt, lt, st) = results
+    assert tk == tt == [0, 1, 2]
+    assert pk == pt == [0, 1]
+    assert sk == st == (16, 1)
+    np.testing.assert_allclose(lk, lt, atol=ATOL)

@@ -73,6 +73,8 @@ class Model(ModelSurface, tf.Module):
         self._state = EngineState()
         self.optimizer = None
         self.stop_training = False
+        self.stop_evaluating = False  # set by a callback: evaluate stops after the batch
+        self.stop_predicting = False  # set by a callback: predict stops after the batch
         self.history = None
         # Longer executions when no callback watches every batch (engine/tuning.py).
         self.fold_executions = True

@@ -238,6 +238,7 @@ class Driver:
     ) -> dict[str, float]:
         model = self.model
         model.reset_metrics()
+        model.stop_evaluating = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = iterators or Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_test_begin()
         plan.adapter.on_epoch_begin(0)
@@ -264,7 +265,7 @@ class Driver:
             step += ran
             if callbacks.wants_batch("on_test_batch_end"):
                 callbacks.on_test_batch_end(step - 1, self._lazy_logs())
-            if ended:
+            if ended or model.stop_evaluating:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         if step == 0:
@@ -280,6 +281,7 @@ class Driver:
 
     def predict_loop(self, plan: EpochPlan, callbacks: CallbackList) -> Any:
         model = self.model
+        model.stop_predicting = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_predict_begin()
         plan.adapter.on_epoch_begin(0)
@@ -309,7 +311,7 @@ class Driver:
             step += ran
             if callbacks.wants_batch("on_predict_batch_end"):
                 callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
-            if ended:
+            if ended or model.stop_predicting:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         callbacks.on_predict_end()

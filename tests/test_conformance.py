@@ -352,3 +352,71 @@ def test_stop_evaluating_and_predicting_from_callback():
     assert pk == pt == [0, 1]
     assert sk == st == (16, 1)
     np.testing.assert_allclose(lk, lt, atol=ATOL)
+
+
+# -- 3: a subclass with only `train_step` (Keras's GAN guide) -------------------------------
+
+
+def _gan(base):
+    class GAN(base):
+        def __init__(self, discriminator, generator):
+            super().__init__()
+            self.discriminator = discriminator
+            self.generator = generator
+            self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+            self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+
+        def compile(self, d_optimizer, g_optimizer, loss_fn):
+            super().compile()
+            self.d_optimizer = d_optimizer
+            self.g_optimizer = g_optimizer
+            self.loss_fn = loss_fn
+
+        def train_step(self, real):
+            if isinstance(real, tuple):  # as the guide does
+                real = real[0]
+            noise = real[:, ::-1] * 0.5  # deterministic "latent" input
+            fake = self.generator(noise)
+            both = tf.concat([fake, real], axis=0)
+            labels = tf.concat([tf.ones_like(real[:, :1]), tf.zeros_like(real[:, :1])], axis=0)
+            with tf.GradientTape() as tape:
+                d_loss = self.loss_fn(labels, self.discriminator(both))
+            grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
+            self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
+            with tf.GradientTape() as tape:
+                g_loss = self.loss_fn(
+                    tf.zeros_like(real[:, :1]), self.discriminator(self.generator(noise))
+                )
+            grads = tape.gradient(g_loss, self.generator.trainable_weights)
+            self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
+            self.d_loss_tracker.update_state(d_loss)
+            self.g_loss_tracker.update_state(g_loss)
+            return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
+
+        @property
+        def metrics(self):  # as in the guide: reset at each epoch
+            return [self.d_loss_tracker, self.g_loss_tracker]
+
+    return GAN
+
+
+def test_gan_subclass_without_call_trains_like_keras():
+    x, _ = data()
+    histories, weights = [], []
+    for base in (keras.Model, tfk.Model):
+        keras.utils.set_random_seed(11)
+        disc = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")], name="d"
+        )
+        gen = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)], name="g")
+        gan = _gan(base)(disc, gen)
+        gan.compile(
+            d_optimizer=keras.optimizers.SGD(0.1),
+            g_optimizer=keras.optimizers.SGD(0.1),
+            loss_fn=keras.losses.BinaryCrossentropy(),
+        )
+        histories.append(gan.fit(x, batch_size=8, epochs=2, verbose=0, shuffle=False))
+        weights.append(disc.get_weights() + gen.get_weights())
+    assert_history_equal(*histories)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=ATOL)

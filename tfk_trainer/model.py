@@ -323,6 +323,16 @@ class Model(ModelSurface, tf.Module):
     def _custom_train_step(self) -> bool:
         return type(self).train_step is not Model.train_step
 
+    def _calls_nothing(self) -> bool:
+        """No network and no `call` override, but a custom `train_step` (a GAN):
+        there is no forward pass to build or compile losses against."""
+        return (
+            self.network is None
+            and type(self).call is Model.call
+            and type(self).__call__ is Model.__call__
+            and self._custom_train_step()
+        )
+
     def _custom_compute_loss(self) -> bool:
         return type(self).compute_loss is not Model.compute_loss
 

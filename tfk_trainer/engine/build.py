@@ -254,15 +254,24 @@ def build_network(model: Any, x_spec: Any) -> None:
     if state.compile_config is None:
         state.strategy = tf.distribute.get_strategy()
         state.jit = execution.resolve_jit_compile("auto", state.strategy, model.run_eagerly)
-    with model.distribute_strategy.scope():
-        dummy = tf.nest.map_structure(zeros_for, x_spec)
-        try:
-            y_pred = model(dummy, training=False)
-        except Exception as e:
-            # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
-            raise ValueError(checks.model_call_failure(e, x_spec)) from e
-    state.output_structure = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+    if model._calls_nothing():
+        # A subclass with its own train_step and no forward pass (Keras's GAN
+        # guide): nothing to call; its sub-models were built by the user.
+        y_pred = None
+    else:
+        with model.distribute_strategy.scope():
+            dummy = tf.nest.map_structure(zeros_for, x_spec)
+            try:
+                y_pred = model(dummy, training=False)
+            except Exception as e:
+                # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
+                raise ValueError(checks.model_call_failure(e, x_spec)) from e
+    state.output_structure = (
+        None
+        if y_pred is None
+        else tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+        )
     )
     state.sample_output = y_pred
     state.input_spec = x_spec
@@ -322,9 +331,7 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
     y_spec = element_spec[1] if len(element_spec) > 1 else None
     config = state.compile_config
     with model.distribute_strategy.scope():
-        objectives = compile_lib.build_objectives(
-            config, y_spec, state.sample_output, model._model_output_names()
-        )
+        objectives = _objectives(model, config, y_spec)
         has_loss = any(o.loss is not None for o in objectives.outputs)
         if has_loss and y_spec is None:
             raise ValueError(
@@ -364,6 +371,22 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
     state.objectives = objectives
     state.y_spec = y_spec
     state.built = True
+
+
+def _objectives(model: Any, config: Any, y_spec: Any) -> Any:
+    """The compiled losses and metrics; none for a model without a forward pass."""
+    state = model._state
+    if state.sample_output is None and model._calls_nothing():
+        if config.loss is not None or config.metrics or config.weighted_metrics:
+            raise ValueError(
+                f"{type(model).__name__} has no `call` (it overrides only `train_step`), so "
+                "compile() cannot take `loss`, `metrics` or `weighted_metrics`: compute "
+                "them in `train_step` and return them as its logs."
+            )
+        return compile_lib.CompiledObjectives(output_names=[], outputs=[], is_dict=False)
+    return compile_lib.build_objectives(
+        config, y_spec, state.sample_output, model._model_output_names()
+    )
 
 
 def configure(state: Any, **compile_args: Any) -> Any:

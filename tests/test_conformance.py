@@ -420,3 +420,78 @@ def test_gan_subclass_without_call_trains_like_keras():
     assert_history_equal(*histories)
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=ATOL)
+
+
+# -- 10: Model.add_weight, state updated by a callback --------------------------------------
+
+
+def _counting(base):
+    class Counting(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
+            self.scale = self.add_weight(shape=(), initializer="ones", trainable=True, name="scale")
+
+        def call(self, x, training=False):
+            return self.dense(x) * self.scale
+
+    return Counting
+
+
+def test_add_weight_updated_by_callback_and_trained():
+    x, y = data()
+    models = []
+    for base in (keras.Model, tfk.Model):
+        keras.utils.set_random_seed(5)
+        m = _counting(base)()
+        m.dense = keras.layers.Dense(1)
+        m(x[:1])
+        m.compile(optimizer="sgd", loss="mse")
+        models.append(m)
+    k, t = models
+    t.dense.set_weights(k.dense.get_weights())
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.seen.assign_add(1.0)
+
+    hk = k.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=[Count()])
+    ht = t.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=[Count()])
+    assert_history_equal(hk, ht)
+    assert float(t.seen.numpy()) == float(k.seen.numpy()) == 8.0
+    np.testing.assert_allclose(t.scale.numpy(), k.scale.numpy(), atol=ATOL)
+    assert any(v is t.scale for v in t.trainable_variables)
+    assert any(v is t.seen for v in t.non_trainable_variables)
+
+
+# -- 11: mixed_float16 set on the model, not globally -------------------------------------------
+
+
+def test_mixed_float16_policy_on_model_gets_loss_scale_optimizer():
+    x, y = data()
+
+    def mixed_net():
+        keras.utils.set_random_seed(3)
+        inp = keras.Input((4,))
+        out = keras.layers.Dense(1, dtype="mixed_float16")(inp)
+        return keras.Model(inp, keras.layers.Activation("linear", dtype="float32")(out))
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__(dtype="mixed_float16")
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    k = Sub()
+    k.compile(optimizer="sgd", loss="mse")
+    assert isinstance(k.optimizer, keras.optimizers.LossScaleOptimizer)
+    t = tfk.Model(mixed_net())
+    t.compile(optimizer="sgd", loss="mse")
+    assert isinstance(t.optimizer, keras.optimizers.LossScaleOptimizer)
+    t.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert keras.config.dtype_policy().name == "float32"
+    t32 = tfk.Model(net())
+    t32.compile(optimizer="sgd", loss="mse")
+    assert not isinstance(t32.optimizer, keras.optimizers.LossScaleOptimizer)

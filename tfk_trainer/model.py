@@ -189,6 +189,51 @@ class Model(ModelSurface, tf.Module):
                 )
             v.assign(w)
 
+    def add_weight(
+        self,
+        shape: Any = (),
+        initializer: Any = "zeros",
+        dtype: Any = None,
+        trainable: bool = True,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> keras.Variable:
+        """A variable held by the model (Keras's `Model.add_weight`).
+
+        Created now, under the strategy in scope, and found with the model's
+        other variables: trained when `trainable`, saved in checkpoints. State
+        a callback updates between batches (a counter, a schedule) lives here.
+
+        Args:
+            shape: The variable's shape (a scalar by default).
+            initializer: A Keras initializer or its name (`"zeros"` by default).
+            dtype: The dtype; the global float type by default.
+            trainable: Whether the optimizer trains it.
+            name: An optional name.
+            **kwargs: Keras's other `add_weight` arguments (`regularizer`,
+                `constraint`, `aggregation`, ...) are passed to `keras.Variable`
+                where it takes them.
+
+        Returns:
+            The new `keras.Variable`.
+        """
+        initializer = keras.initializers.get(initializer)
+        accepted = {k: v for k, v in kwargs.items() if k in ("aggregation", "synchronization")}
+        variable = keras.Variable(
+            initializer,
+            shape=shape,
+            dtype=dtype or keras.config.floatx(),
+            trainable=trainable,
+            name=name or "variable",
+            **accepted,
+        )
+        if "_added_weights" not in self.__dict__:
+            self._added_weights = []  # tracked: checkpoints save it
+        self._added_weights.append(variable)
+        if self._state.network_built:
+            build.refresh_trainable(self)
+        return variable
+
     @property
     def losses(self) -> list:
         """Regularization and `add_loss` losses of the Keras layers, from the last call."""
@@ -289,6 +334,7 @@ class Model(ModelSurface, tf.Module):
         """
         self.optimizer = build.configure(
             self._state,
+            mixed_float16=build.uses_mixed_float16(self),
             optimizer=optimizer,
             loss=loss,
             loss_weights=loss_weights,

@@ -298,7 +298,9 @@ def refresh_trainable(model: Any) -> None:
     """
     state = model._state
     trainable, non_trainable, _, _ = collect_variables(model)
-    if [id(v) for v in trainable] == [id(v) for v in state.trainable]:
+    if [id(v) for v in trainable] == [id(v) for v in state.trainable] and [
+        id(v) for v in non_trainable
+    ] == [id(v) for v in state.non_trainable]:
         return
     state.trainable, state.non_trainable = trainable, non_trainable
     state.executor = make_executor(model)
@@ -389,7 +391,27 @@ def _objectives(model: Any, config: Any, y_spec: Any) -> Any:
     )
 
 
-def configure(state: Any, **compile_args: Any) -> Any:
+def uses_mixed_float16(model: Any) -> bool:
+    """Whether the model computes in float16 under a "mixed_float16" policy: the
+    global policy (Keras's default), or one set on the wrapped network or any
+    of its layers (Keras checks the model's own policy; a float16 layer's
+    gradients underflow just the same)."""
+    if getattr(keras.config.dtype_policy(), "name", "") == "mixed_float16":
+        return True
+    pending = variables_lib.walk(model)[0]
+    seen: set[int] = set()
+    while pending:
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if getattr(getattr(layer, "dtype_policy", None), "name", "") == "mixed_float16":
+            return True
+        pending.extend(getattr(layer, "layers", None) or [])
+    return False
+
+
+def configure(state: Any, mixed_float16: bool = False, **compile_args: Any) -> Any:
     """`compile()`: checks the arguments and resets the engine state; returns the
     optimizer (a LossScaleOptimizer under "mixed_float16" with `auto_scale_loss`).
 
@@ -399,10 +421,9 @@ def configure(state: Any, **compile_args: Any) -> Any:
     with strategy.scope():
         config = compile_lib.check_compile_args(**compile_args)
         jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
-        policy = keras.config.dtype_policy()
         if (
             compile_args.get("auto_scale_loss", True)
-            and getattr(policy, "name", "") == "mixed_float16"
+            and mixed_float16
             and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
         ):
             config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)

@@ -495,3 +495,23 @@ def test_mixed_float16_policy_on_model_gets_loss_scale_optimizer():
     t32 = tfk.Model(net())
     t32.compile(optimizer="sgd", loss="mse")
     assert not isinstance(t32.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+# -- 13: ModelCheckpoint(save_freq=N) counts this fit's batches -----------------------------
+
+
+def test_checkpoint_save_freq_counts_this_fits_batches(tmp_path):
+    x, y = data()  # 4 batches of 8 per epoch
+    k, t = both()
+    saved = {}
+    for name, m in (("keras", k), ("tfk", t)):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0)  # already trained: 4 optimizer steps
+        folder = tmp_path / name
+        folder.mkdir()
+        path = str(folder / "w{epoch}.weights.h5")
+        cb = (keras.callbacks if name == "keras" else tfk.callbacks).ModelCheckpoint(
+            path, save_weights_only=True, save_freq=6
+        )
+        m.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[cb])
+        saved[name] = sorted(p.name for p in folder.iterdir())
+    assert saved["keras"] == saved["tfk"] == ["w2.weights.h5", "w3.weights.h5"]

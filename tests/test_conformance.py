@@ -515,3 +515,36 @@ def test_checkpoint_save_freq_counts_this_fits_batches(tmp_path):
         m.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[cb])
         saved[name] = sorted(p.name for p in folder.iterdir())
     assert saved["keras"] == saved["tfk"] == ["w2.weights.h5", "w3.weights.h5"]
+
+
+# -- 15: batch_size alongside inputs that batch themselves ----------------------------------
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // 8
+
+    def __getitem__(self, i):
+        return self.x[i * 8 : (i + 1) * 8], self.y[i * 8 : (i + 1) * 8]
+
+
+@pytest.mark.parametrize("kind", ["pydataset", "dataset", "generator"])
+def test_batch_size_ignored_for_self_batching_inputs(kind):
+    x, y = data()
+
+    def source():
+        if kind == "pydataset":
+            return _Batches(x, y)
+        if kind == "dataset":
+            return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        return ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8))
+
+    k, t = both()
+    hk = k.fit(source(), batch_size=5, epochs=1, verbose=0, shuffle=False)
+    with pytest.warns(UserWarning, match="batch_size=5` is ignored"):
+        ht = t.fit(source(), batch_size=5, epochs=1, verbose=0, shuffle=False)
+    assert_history_equal(hk, ht)

@@ -386,7 +386,6 @@ CASES: list[Case] = [
     Case("fit-sparse-label-negative-in-validation-data", lambda t: _fit(X, Y, validation_data=(X, -Y - 1)), ValueError, r"`validation_data` holds the label -\d \(sample \d+\), outside the valid range \[0, 3\)"),
     # -- fit: datasets, generators, PyDatasets ----------------------------------------
     Case("data-dataset-with-y", lambda t: _fit(_dataset(X, Y), Y), ValueError, r"`y` must not be given when `x` is a tf\.data\.Dataset"),
-    Case("data-dataset-with-batch-size", lambda t: _fit(_dataset(X, Y), batch_size=4), ValueError, r"`batch_size` must not be given when `x` is a tf\.data\.Dataset"),
     Case("data-dataset-of-4-tuples", lambda t: _fit(_dataset(X, Y, Y, Y)), ValueError, r"tf\.data\.Dataset passed as `x` must yield .*tuples of length 4"),
     Case("data-dataset-of-dicts", lambda t: _fit(_dataset({"features": X, "label": Y})), ValueError, r"`x`"),
     Case("data-dataset-unbatched", lambda t: _fit(_dataset(X, Y, batch=None)), ValueError, r"`x`"),

@@ -548,3 +548,62 @@ def test_batch_size_ignored_for_self_batching_inputs(kind):
     with pytest.warns(UserWarning, match="batch_size=5` is ignored"):
         ht = t.fit(source(), batch_size=5, epochs=1, verbose=0, shuffle=False)
     assert_history_equal(hk, ht)
+
+
+# -- 16: Sequential surface, LambdaCallback attributes, verbose messages --------------------
+
+
+def test_sequential_add_pop_layers_like_keras():
+    x, y = data()
+    k = keras.Sequential([keras.Input((4,))])
+    t = tfk.Sequential([keras.Input((4,))])
+    for m in (k, t):
+        m.add(keras.layers.Dense(3))
+        m.add(keras.layers.Dense(2))
+        m.pop()
+        m.add(keras.layers.Dense(1))
+    assert [type(layer).__name__ for layer in k.layers] == [
+        type(layer).__name__ for layer in t.layers
+    ]
+    t.set_weights(k.get_weights())
+    for m in (k, t):
+        m.compile(optimizer="sgd", loss="mse")
+    hk = k.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    ht = t.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert_history_equal(hk, ht)
+
+
+def test_lambda_callback_keeps_extra_keyword_arguments():
+    x, y = data(n=8)
+    k, t = both()
+    for m, module in ((k, keras.callbacks), (t, tfk.callbacks)):
+        cb = module.LambdaCallback(tag="mine", seen=[])
+        cb.on_epoch_end = lambda epoch, logs, cb=cb: cb.seen.append(cb.tag)
+        assert cb.tag == "mine"
+        m.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
+        assert cb.seen == ["mine", "mine"]
+    with pytest.raises(TypeError, match="on_epoch_ends"):
+        tfk.callbacks.LambdaCallback(on_epoch_ends=print)
+
+
+def test_verbose_messages_follow_keras_interactive_logging(capsys):
+    x, y = data(n=8)
+    outs = []
+    for m, module in zip(both(), (keras.callbacks, tfk.callbacks)):
+        cb = module.LearningRateScheduler(lambda epoch, lr: 0.5, verbose=1)
+        m.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+        outs.append(capsys.readouterr().out.strip())
+    assert outs[0] == outs[1] != ""
+    keras.config.disable_interactive_logging()
+    try:
+        t = both()[1]
+        t.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[tfk.callbacks.LearningRateScheduler(lambda epoch, lr: 0.5, verbose=1)],
+        )
+        assert capsys.readouterr().out == ""
+    finally:
+        keras.config.enable_interactive_logging()

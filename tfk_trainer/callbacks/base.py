@@ -11,16 +11,29 @@ synchronises the host per execution.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import keras
+from absl import logging as absl_logging
 
 from tfk_trainer.engine.logs import LazyLogs, to_python
 
-__all__ = ["Callback", "CallbackList", "LazyLogs", "to_python"]
+__all__ = ["Callback", "CallbackList", "LazyLogs", "print_msg", "to_python"]
 
 log = logging.getLogger("tfk_trainer")
+
+
+def print_msg(message: str) -> None:
+    """A callback's `verbose` message, where Keras's callbacks write theirs: stdout
+    while Keras's interactive logging is on (the default), else absl's log
+    (`keras.config.disable_interactive_logging()` silences stdout for both)."""
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()
+    else:
+        absl_logging.info(message)
 
 
 class Callback:

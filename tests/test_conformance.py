@@ -607,3 +607,38 @@ def test_verbose_messages_follow_keras_interactive_logging(capsys):
         assert capsys.readouterr().out == ""
     finally:
         keras.config.enable_interactive_logging()
+
+
+# -- 9: keras.config.set_max_epochs / set_max_steps_per_epoch -------------------------------
+
+
+def test_max_epochs_and_max_steps_per_epoch():
+    x, y = data(n=80)  # 10 batches of 8
+    k, t = both()
+
+    class Count(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs, self.batches = 0, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs += 1
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.batches += 1
+
+    counts, histories = [], []
+    keras.config.set_max_epochs(2)
+    keras.config.set_max_steps_per_epoch(3)
+    try:
+        for m in (k, t):
+            cb = Count()
+            histories.append(
+                m.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False, callbacks=[cb])
+            )
+            counts.append((cb.epochs, cb.batches, len(m.predict(x, batch_size=8, verbose=0))))
+    finally:
+        keras.config.set_max_epochs(None)
+        keras.config.set_max_steps_per_epoch(None)
+    assert counts[0] == counts[1] == (2, 6, 24)
+    assert_history_equal(*histories)

@@ -708,6 +708,11 @@ class Model(ModelSurface, tf.Module):
             metric name (and `val_` ones) to its value at each epoch.
         """
         self._require_compiled("fit")
+        # keras.config.set_max_epochs / set_max_steps_per_epoch (debugging caps).
+        epochs = build.capped_epochs(epochs)
+        steps_per_epoch = build.capped_steps(steps_per_epoch)
+        if validation_data is not None or validation_split:
+            validation_steps = build.capped_steps(validation_steps)
         return fit_run.run_fit(
             self,
             x=x,
@@ -788,6 +793,7 @@ class Model(ModelSurface, tf.Module):
                 "batch_size, verbose, sample_weight, steps, callbacks, return_dict."
             )
         self._require_compiled("evaluate")
+        steps = build.capped_steps(steps)
         logs = runs.run_evaluate(
             self,
             x=x,
@@ -835,7 +841,12 @@ class Model(ModelSurface, tf.Module):
             outputs.
         """
         return runs.run_predict(
-            self, x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            self,
+            x=x,
+            batch_size=batch_size,
+            verbose=verbose,
+            steps=build.capped_steps(steps),
+            callbacks=callbacks,
         )
 
     # -- single batches ------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -409,6 +410,27 @@ def uses_mixed_float16(model: Any) -> bool:
             return True
         pending.extend(getattr(layer, "layers", None) or [])
     return False
+
+
+def capped_epochs(epochs: Any) -> Any:
+    """`epochs` limited by `keras.config.set_max_epochs` (for debugging runs), as
+    Keras's fit does, with its warning."""
+    limit = keras.config.max_epochs()
+    if limit and isinstance(epochs, int) and limit < epochs:
+        warnings.warn(f"Limiting epochs to {limit}", stacklevel=3)
+        return limit
+    return epochs
+
+
+def capped_steps(steps: Any) -> Any:
+    """A run's steps limited by `keras.config.set_max_steps_per_epoch`: a cap on
+    the steps (also when none were given), as Keras's epoch iterator applies it
+    to every run (fit, validation, evaluate, predict)."""
+    limit = keras.config.max_steps_per_epoch()
+    if limit and (not steps or steps == -1 or (isinstance(steps, int) and limit < steps)):
+        warnings.warn(f"Limiting steps_per_epoch to {limit}", stacklevel=3)
+        return limit
+    return steps
 
 
 def configure(state: Any, mixed_float16: bool = False, **compile_args: Any) -> Any:

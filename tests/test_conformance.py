@@ -642,3 +642,28 @@ def test_max_epochs_and_max_steps_per_epoch():
         keras.config.set_max_steps_per_epoch(None)
     assert counts[0] == counts[1] == (2, 6, 24)
     assert_history_equal(*histories)
+
+
+# -- 8: targets only for the outputs that have a loss ---------------------------------------
+
+
+def _three_outputs(seed: int = 3) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((4,))
+    outs = [keras.layers.Dense(1, name=n)(inp) for n in ("a", "b", "c")]
+    return keras.Model(inp, outs)
+
+
+@pytest.mark.parametrize("targets", ["array", "list", "dict"])
+def test_targets_only_for_outputs_with_a_loss(targets):
+    x, y = data()
+    k, t = _three_outputs(), tfk.Model(_three_outputs())
+    for m in (k, t):
+        m.compile(optimizer="sgd", loss=["mse", None, None])
+    given = {"array": y, "list": [y], "dict": {"a": y}}[targets]
+    hk = k.fit(x, given, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    ht = t.fit(x, given, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert_history_equal(hk, ht)
+    np.testing.assert_allclose(
+        k.evaluate(x, given, verbose=0), t.evaluate(x, given, verbose=0), atol=ATOL
+    )

@@ -667,3 +667,28 @@ def test_targets_only_for_outputs_with_a_loss(targets):
     np.testing.assert_allclose(
         k.evaluate(x, given, verbose=0), t.evaluate(x, given, verbose=0), atol=ATOL
     )
+
+
+# -- 17: finite data that ends before steps_per_epoch ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dataset", "generator_fn"])
+def test_data_shorter_than_steps_per_epoch_starts_fresh_pass(kind):
+    """Each epoch ends where the data does; the next starts a fresh pass (Keras 3)."""
+    x, y = data(n=40)  # 5 batches of 8
+
+    def source():
+        if kind == "dataset":
+            return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        return lambda: ((x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8))
+
+    k, t = both()
+    hk = k.fit(source(), epochs=3, steps_per_epoch=8, verbose=0) if kind == "dataset" else None
+    with pytest.warns(UserWarning, match="ran out of data"):
+        ht = t.fit(source(), epochs=3, steps_per_epoch=8, verbose=0)
+    assert ht.epoch == [0, 1, 2]
+    assert int(t.optimizer.iterations.numpy()) == 15
+    if hk is not None:
+        assert hk.epoch == ht.epoch
+        assert int(k.optimizer.iterations.numpy()) == 15
+        assert_history_equal(hk, ht)

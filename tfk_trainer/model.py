@@ -655,8 +655,8 @@ class Model(ModelSurface, tf.Module):
                 when `x` is a dataset, generator or PyDataset (the targets come
                 from `x`).
             batch_size: Integer or `None`. Number of samples per gradient
-                update; 32 if unspecified. Not given for datasets, generators
-                or PyDatasets (they make their own batches).
+                update; 32 if unspecified. Ignored, with a warning, for
+                datasets, generators and PyDatasets (they make their own batches).
             epochs: Integer. The index of the final epoch: training runs from
                 `initial_epoch` until the epoch of index `epochs` is reached.
                 An epoch is one pass over the data, or `steps_per_epoch` steps.
@@ -691,7 +691,8 @@ class Model(ModelSurface, tf.Module):
             steps_per_epoch: Integer, -1 or `None`. The number of steps
                 (batches) in an epoch. `None`: the size of the data, or until a
                 dataset is exhausted. Required for an infinitely repeating
-                dataset; -1 runs indefinitely. tfk_trainer runs exactly this
+                dataset; -1 runs indefinitely. Finite data that ends earlier
+                ends the epoch there, and the next epoch starts a fresh pass. tfk_trainer runs exactly this
                 many optimizer steps per epoch (Keras rounds up to a multiple
                 of `steps_per_execution`).
             validation_steps: Integer or `None`. The number of validation

@@ -692,3 +692,13 @@ def test_data_shorter_than_steps_per_epoch_starts_fresh_pass(kind):
         assert hk.epoch == ht.epoch
         assert int(k.optimizer.iterations.numpy()) == 15
         assert_history_equal(hk, ht)
+
+
+def test_train_step_plain_logs_under_two_replicas(mirrored_strategy):
+    """The returned logs are recorded per replica and read once (the first replica's)."""
+    x, y = data()
+    with mirrored_strategy(2).scope():
+        t = _returning(tfk.Model, "plain")(net())
+        t.compile(optimizer="sgd", loss="mse")
+    history = t.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y))
+    assert history.history == {"my_metric": [10.0, 10.0], "val_my_val": [2.5, 2.5]}

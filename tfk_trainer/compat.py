@@ -210,7 +210,7 @@ def _check_direction() -> None:
 
 
 def metric_direction(metric: Any) -> str | None:
-    """ "up" or "down": the direction Keras gives a metric (accuracy up, errors down);
+    """"up" or "down": the direction Keras gives a metric (accuracy up, errors down);
     None for a metric Keras gives none (e.g. `Mean`, a user's own)."""
     _check_direction()
     direction = getattr(metric, "_direction", None)

@@ -75,7 +75,9 @@ def export(model: Any, path: str, spec: Any) -> str:
             "export() needs to know the model's inputs: call fit, evaluate or predict (or "
             "predict_on_batch on a sample) first."
         )
-    if tf.io.gfile.exists(path) and (not tf.io.gfile.isdir(path) or tf.io.gfile.listdir(path)):
+    if tf.io.gfile.exists(path) and (
+        not tf.io.gfile.isdir(path) or tf.io.gfile.listdir(path)
+    ):
         raise FileExistsError(f"export(): {path!r} exists and is not empty; choose a new path.")
     root = tf.Module()
     root.variables_to_save = list(

@@ -355,6 +355,7 @@ class ModelSurface:
         print_fn = print_fn or print
         print_fn(model_summary.table(self, line_length or 80, show_trainable))
 
+
     # -- export --------------------------------------------------------------
 
     def export(
@@ -437,6 +438,8 @@ class ModelSurface:
                 Keras models only).
         """
         saving.load_weights(self, filepath, skip_mismatch, kwargs)
+
+
 
 
 class SequentialSurface:

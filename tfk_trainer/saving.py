@@ -32,7 +32,6 @@ _EXPORT_FORMATS = ("tf_saved_model",)
 _KERAS_ONLY_EXPORT_FORMATS = ("onnx", "openvino", "litert", "torch")
 _TFK_WEIGHTS_FORMAT = "tfk_trainer.variables.v1"  # our .weights.h5 for non-Keras networks
 
-
 def check_path(filepath: Any, argument: str = "filepath") -> str:
     if hasattr(filepath, "__fspath__"):
         filepath = filepath.__fspath__()
@@ -55,9 +54,8 @@ def _check_overwrite(path: str, overwrite: Any, method: str) -> None:
         )
 
 
-def export(
-    model: Any, filepath: Any, format: str, verbose: bool | None, input_signature: Any, kwargs: dict
-) -> str:
+
+def export(model: Any, filepath: Any, format: str, verbose: bool | None, input_signature: Any, kwargs: dict) -> str:
     """`Model.export` (see its docstring)."""
     if format not in _EXPORT_FORMATS:
         hint = (
@@ -67,7 +65,8 @@ def export(
             else ""
         )
         raise ValueError(
-            f"Unrecognized format={format!r}. Supported formats are: {list(_EXPORT_FORMATS)}.{hint}"
+            f"Unrecognized format={format!r}. Supported formats are: "
+            f"{list(_EXPORT_FORMATS)}.{hint}"
         )
     if kwargs:
         raise TypeError(
@@ -91,8 +90,6 @@ def export(
     if verbose is None or verbose:
         print(f"Saved artifact at '{path}'. Serving endpoint: signature 'serving_default'.")
     return written
-
-
 def save(model: Any, filepath: Any, overwrite: bool, zipped: bool | None, kwargs: dict) -> None:
     """`Model.save` (see its docstring)."""
     path = check_path(filepath)
@@ -108,15 +105,15 @@ def save(model: Any, filepath: Any, overwrite: bool, zipped: bool | None, kwargs
     _check_overwrite(path, overwrite, "save()")
     with keras_training_state(model, network, compile_config=True):
         keras.saving.save_model(network, path, overwrite=True, zipped=zipped, **kwargs)
-
-
 def save_weights(model: Any, filepath: Any, overwrite: bool, max_shard_size: Any) -> None:
     """`Model.save_weights` (see its docstring)."""
     path = check_path(filepath)
     network = model.network
     if isinstance(network, keras.Model):
         if max_shard_size is None and not path.endswith(".weights.h5"):
-            raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
+            raise ValueError(
+                f"The filename must end in `.weights.h5`. Received: filepath={path}"
+            )
         _check_overwrite(path, overwrite, "save_weights()")
         with keras_training_state(model, network, compile_config=False):
             network.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
@@ -149,8 +146,6 @@ def save_weights(model: Any, filepath: Any, overwrite: bool, max_shard_size: Any
         tf.io.gfile.makedirs(parent)
     with tf.io.gfile.GFile(path, "wb") as out:
         out.write(buffer.getvalue())
-
-
 def load_weights(model: Any, filepath: Any, skip_mismatch: bool, kwargs: dict) -> None:
     """`Model.load_weights` (see its docstring)."""
     path = check_path(filepath)
@@ -207,7 +202,6 @@ def load_weights(model: Any, filepath: Any, skip_mismatch: bool, kwargs: dict) -
                     continue
                 raise ValueError(message + " Pass skip_mismatch=True to skip it.")
             v.assign(data[()])
-
 
 def keras_network(model: Any, method: str) -> keras.Model:
     network = model.network

@@ -110,9 +110,7 @@ class ExecutionLengths:
         return max(1, value)
 
 
-def cut_at_intervals(
-    requested: int, global_step: int, intervals: list[int] | tuple[int, ...]
-) -> int:
+def cut_at_intervals(requested: int, global_step: int, intervals: list[int] | tuple[int, ...]) -> int:
     """`requested` shortened so the execution ends at the next multiple of any interval.
 
     `global_step` is the optimizer step count before the execution; an execution

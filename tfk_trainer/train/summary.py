@@ -80,9 +80,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary.get("already_complete"):
         # Nothing was trained now: this run's time, and the stored one of the run that
         # trained, labelled apart (never "wall time 13s (fit 35s)").
-        line = (
-            f"  wall time {summary['wall_seconds']:.1f}s (this run: no training, already complete)"
-        )
+        line = f"  wall time {summary['wall_seconds']:.1f}s (this run: no training, already complete)"
         original = summary.get("original_train_seconds")
         if original is not None:
             line += f"; original training fit {original:.1f}s"

@@ -364,14 +364,15 @@ def test_steps_per_epoch_exact_with_steps_per_execution(steps_per_epoch, expecte
 # (10) -------------------------------------------------------------------------
 
 
-def test_finite_dataset_shorter_than_steps_per_epoch_warns_and_stops():
+def test_finite_dataset_shorter_than_steps_per_epoch_warns_and_starts_fresh_passes():
+    """As Keras 3 (issue 19, item 17): each epoch ends with the data, the next restarts it."""
     x, y = _data(50)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)  # 5 batches, no repeat
     model = _model()
     with pytest.warns(UserWarning, match=r"ran out of data"):
         history = model.fit(ds, epochs=3, steps_per_epoch=8, verbose=0)
-    assert _iterations(model) == 5
-    assert history.epoch == [0]
+    assert _iterations(model) == 15
+    assert history.epoch == [0, 1, 2]
 
 
 # -- beyond the brief: Keras's own callbacks, unchanged ----------------------------

@@ -108,6 +108,9 @@ def build_objectives(
     """Resolves losses and metrics against the shapes of the outputs."""
     names, is_dict = output_layout(y_pred, model_output_names)
     objectives = CompiledObjectives(output_names=names, outputs=[], is_dict=is_dict)
+    losses = _per_output(config.loss, names, "loss", None)
+    if len(names) > 1:
+        objectives.loss_outputs = [i for i, loss in enumerate(losses) if loss is not None]
     flat_pred = objectives.flatten(y_pred, "model outputs") if len(names) > 1 else [y_pred]
     if y_true_spec is None:
         flat_true = [None] * len(names)
@@ -124,7 +127,6 @@ def build_objectives(
         for t, p in zip(flat_true, flat_pred)
     ]
 
-    losses = _per_output(config.loss, names, "loss", None)
     weights = _per_output(config.loss_weights, names, "loss_weights", 1.0)
     resolved = [
         None if loss is None else resolve_loss(loss, *shape) for loss, shape in zip(losses, shapes)

@@ -52,6 +52,9 @@ class CompiledObjectives:
     outputs: list[OutputObjective]
     metrics: list[CompiledMetric] = field(default_factory=list)
     is_dict: bool = False
+    # Indexes of the outputs that have a loss: targets may be given for those
+    # only (one array, a shorter list, or a dict without the others), as in Keras.
+    loss_outputs: list[int] | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -81,6 +84,10 @@ class CompiledObjectives:
             return [value]
         if isinstance(value, dict):
             missing = [n for n in self.output_names if n not in value]
+            if missing and self.loss_outputs is not None:
+                with_loss = {self.output_names[i] for i in self.loss_outputs}
+                if not with_loss & set(missing):
+                    return [value.get(n) for n in self.output_names]
             if missing:
                 raise ValueError(
                     f"`{argument}` is a dict without keys {missing}; the model's outputs are "
@@ -90,6 +97,15 @@ class CompiledObjectives:
         flat = list(value) if isinstance(value, (list, tuple)) else [value]
         if len(flat) != self.num_outputs and not self.is_dict:
             flat = tf.nest.flatten(value)
+        if (
+            len(flat) != self.num_outputs
+            and self.loss_outputs is not None
+            and len(flat) == len(self.loss_outputs)
+        ):
+            placed: list = [None] * self.num_outputs
+            for index, item in zip(self.loss_outputs, flat):
+                placed[index] = item
+            return placed
         if len(flat) != self.num_outputs:
             raise ValueError(
                 f"`{argument}` has {len(flat)} entries, but the model has {self.num_outputs} "

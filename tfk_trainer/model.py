@@ -73,6 +73,8 @@ class Model(ModelSurface, tf.Module):
         self._state = EngineState()
         self.optimizer = None
         self.stop_training = False
+        self.stop_evaluating = False  # set by a callback: evaluate stops after the batch
+        self.stop_predicting = False  # set by a callback: predict stops after the batch
         self.history = None
         # Longer executions when no callback watches every batch (engine/tuning.py).
         self.fold_executions = True
@@ -100,8 +102,12 @@ class Model(ModelSurface, tf.Module):
             return self.network(inputs, training=training)
         return self.network(inputs)
 
-    def __call__(self, inputs: Any, training: bool = False) -> Any:
-        return self.call(inputs, training=training)
+    def __call__(self, inputs: Any, training: bool = False, **kwargs: Any) -> Any:
+        # As Keras: `training` reaches `call` only when its signature takes it
+        # (many Keras docs write `call(self, x)`); other keyword arguments pass through.
+        if build.call_takes_training(type(self)):
+            kwargs["training"] = training
+        return self.call(inputs, **kwargs)
 
     # -- variables -----------------------------------------------------------
 
@@ -109,8 +115,21 @@ class Model(ModelSurface, tf.Module):
         """Keras layers, bare tf.Variables and Keras metrics reachable from the model."""
         return variables_lib.walk(self)
 
+    @property
+    def trainable(self) -> bool:
+        """Whether the model's variables are trained (Keras's `Model.trainable`)."""
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        # As Keras: every layer follows (the wrapped network, or a subclass's
+        # layers); the next fit trains with the new set, no compile() needed.
+        self.__dict__["_trainable"] = bool(value)
+        for layer in variables_lib.walk(self)[0]:
+            layer.trainable = bool(value)
+
     def _collect_variables(self) -> tuple[list, list]:
-        trainable, non_trainable, layers, metrics = variables_lib.collect(self)
+        trainable, non_trainable, layers, metrics = build.collect_variables(self)
         self._state.user_metrics = metrics
         self._state.layers = layers
         return trainable, non_trainable
@@ -169,6 +188,51 @@ class Model(ModelSurface, tf.Module):
                     f"received {np.shape(w)}."
                 )
             v.assign(w)
+
+    def add_weight(
+        self,
+        shape: Any = (),
+        initializer: Any = "zeros",
+        dtype: Any = None,
+        trainable: bool = True,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> keras.Variable:
+        """A variable held by the model (Keras's `Model.add_weight`).
+
+        Created now, under the strategy in scope, and found with the model's
+        other variables: trained when `trainable`, saved in checkpoints. State
+        a callback updates between batches (a counter, a schedule) lives here.
+
+        Args:
+            shape: The variable's shape (a scalar by default).
+            initializer: A Keras initializer or its name (`"zeros"` by default).
+            dtype: The dtype; the global float type by default.
+            trainable: Whether the optimizer trains it.
+            name: An optional name.
+            **kwargs: Keras's other `add_weight` arguments (`regularizer`,
+                `constraint`, `aggregation`, ...) are passed to `keras.Variable`
+                where it takes them.
+
+        Returns:
+            The new `keras.Variable`.
+        """
+        initializer = keras.initializers.get(initializer)
+        accepted = {k: v for k, v in kwargs.items() if k in ("aggregation", "synchronization")}
+        variable = keras.Variable(
+            initializer,
+            shape=shape,
+            dtype=dtype or keras.config.floatx(),
+            trainable=trainable,
+            name=name or "variable",
+            **accepted,
+        )
+        if "_added_weights" not in self.__dict__:
+            self._added_weights = []  # tracked: checkpoints save it
+        self._added_weights.append(variable)
+        if self._state.network_built:
+            build.refresh_trainable(self)
+        return variable
 
     @property
     def losses(self) -> list:
@@ -270,6 +334,7 @@ class Model(ModelSurface, tf.Module):
         """
         self.optimizer = build.configure(
             self._state,
+            mixed_float16=build.uses_mixed_float16(self),
             optimizer=optimizer,
             loss=loss,
             loss_weights=loss_weights,
@@ -303,6 +368,19 @@ class Model(ModelSurface, tf.Module):
 
     def _custom_train_step(self) -> bool:
         return type(self).train_step is not Model.train_step
+
+    def _calls_nothing(self) -> bool:
+        """No network and no `call` override, but a custom `train_step` (a GAN):
+        there is no forward pass to build or compile losses against."""
+        return (
+            self.network is None
+            and type(self).call is Model.call
+            and type(self).__call__ is Model.__call__
+            and self._custom_train_step()
+        )
+
+    def _custom_compute_loss(self) -> bool:
+        return type(self).compute_loss is not Model.compute_loss
 
     def _standard_steps(self) -> bool:
         """No custom train/test step or compute_loss: targets reach the compiled losses as given."""
@@ -389,20 +467,25 @@ class Model(ModelSurface, tf.Module):
         loss, _, _ = replica.loss_terms(self._step_context(), x, y, y_pred, sample_weight)
         return loss
 
-    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """Updates the compiled metrics for one batch.
+    def compute_metrics(
+        self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None
+    ) -> dict[str, Any]:
+        """Updates the compiled metrics for one batch; returns every metric's result.
 
         `metrics` are updated unweighted and `weighted_metrics` with
-        `sample_weight`, as Keras does. Unlike Keras it returns nothing: the
-        engine reads the results after the execution.
+        `sample_weight`, as Keras does.
 
         Args:
             x: The batch's inputs.
             y: The batch's targets.
             y_pred: The model's outputs for `x`.
             sample_weight: Optional per-sample weights, for `weighted_metrics`.
+
+        Returns:
+            `get_metrics_result()`, as Keras's `compute_metrics`.
         """
         replica.update_compiled_metrics(self._step_context(), y, y_pred, sample_weight, None)
+        return self.get_metrics_result()
 
     def _update_metrics(self, ctx: replica.StepContext, y, y_pred, sample_weight, valid) -> None:
         """Calls a `compute_metrics` override, or updates the compiled metrics directly."""
@@ -420,51 +503,85 @@ class Model(ModelSurface, tf.Module):
             return replica.loss_terms(ctx, x, y, y_pred, sample_weight, valid)
         sample_weight = replica.with_padding_weights(sample_weight, valid)
         calls = self._state.base_compute_loss_calls
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
+        # Keras's older `compute_loss(x, y, y_pred, sample_weight)` has no `training`.
+        extra = {"training": training} if build.compute_loss_takes_training(type(self)) else {}
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **extra)
         plain_mean = self._state.base_compute_loss_calls == calls
         loss, global_batch = replica.custom_loss_share(loss, x, valid, plain_mean)
         return loss, global_batch, None
 
-    def train_step(self, data: Any) -> None:
+    def _engine_step(self, mode: str) -> tuple[Any, bool]:
+        """`(replica function, overridden)` for the compiled `mode` ("train"/"test")
+        loop: the default step's body (which reads no results), or the override."""
+        if mode == "train":
+            custom = self._custom_train_step()
+            return (self.train_step if custom else self._default_train_step), custom
+        custom = type(self).test_step is not Model.test_step
+        return (self.test_step if custom else self._default_test_step), custom
+
+    def get_metrics_result(self) -> dict[str, Any]:
+        """Every metric's current result, keyed by its log name (as Keras's)."""
+        if not self._state.built:
+            return {}
+        return build.metric_values(self._state)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
         """One replica's training step: forward, loss, gradients, update, metrics.
 
         Override it, as in Keras, to customise training; `fit` and
-        `train_on_batch` call it inside their compiled loop. The logs are
-        read from the model's metrics after the execution: the compiled ones
-        and any `keras.metrics.Metric` held as an attribute (a custom step's
-        trackers). An override may return a dict of those results, as in
-        Keras; the value it returns is not used.
+        `train_on_batch` call it inside their compiled loop. As in Keras, it
+        returns the logs (`get_metrics_result()`), so an override may return
+        `super().train_step(data)`. What an override returns is what `fit`
+        logs and `History` records: a dict keyed by the model's metric names
+        is read from those metrics after the execution; any other dict (plain
+        values, other names) is logged as the last step returned it.
 
         Args:
             data: One batch as the data yields it: `x`, `(x,)`, `(x, y)` or
                 `(x, y, sample_weight)` (unpack it with
                 `keras.utils.unpack_x_y_sample_weight`).
+
+        Returns:
+            The metrics' results after this step, keyed by log name.
         """
+        self._default_train_step(data)
+        return self.get_metrics_result()
+
+    def _default_train_step(self, data: Any) -> None:
+        """`train_step` without reading the results (what the engine runs by default)."""
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         variables = self._state.trainable
         ctx = self._step_context()
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss, global_batch, shares = self._loss_for_step(ctx, x, y, y_pred, sample_weight, valid)
+            loss, global_batch, shares = self._loss_for_step(
+                ctx, x, y, y_pred, sample_weight, valid
+            )
             scaled = replica.scale_loss(self.optimizer, loss)
         grads = tape.gradient(scaled, variables)
         replica.apply_gradients(self.optimizer, grads, variables)
         replica.track_loss(ctx, loss, global_batch, x, valid, shares)
         self._update_metrics(ctx, y, y_pred, sample_weight, valid)
 
-    def test_step(self, data: Any) -> None:
+    def test_step(self, data: Any) -> dict[str, Any]:
         """One replica's evaluation step: forward, loss, metrics.
 
         Override it, as in Keras, to customise evaluation (`evaluate`,
-        validation in `fit`, `test_on_batch`). Returns nothing, like
-        `train_step`.
+        validation in `fit`, `test_on_batch`). Its returned logs are used
+        as `train_step`'s are.
 
         Args:
             data: One batch: `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
+
+        Returns:
+            The metrics' results after this step, keyed by log name.
         """
+        self._default_test_step(data)
+        return self.get_metrics_result()
+
+    def _default_test_step(self, data: Any) -> None:
+        """`test_step` without reading the results (what the engine runs by default)."""
         data, valid = structure.split_padding(data)
         x, y, sample_weight = structure.unpack_x_y_sample_weight(data)
         ctx = self._step_context()
@@ -538,8 +655,8 @@ class Model(ModelSurface, tf.Module):
                 when `x` is a dataset, generator or PyDataset (the targets come
                 from `x`).
             batch_size: Integer or `None`. Number of samples per gradient
-                update; 32 if unspecified. Not given for datasets, generators
-                or PyDatasets (they make their own batches).
+                update; 32 if unspecified. Ignored, with a warning, for
+                datasets, generators and PyDatasets (they make their own batches).
             epochs: Integer. The index of the final epoch: training runs from
                 `initial_epoch` until the epoch of index `epochs` is reached.
                 An epoch is one pass over the data, or `steps_per_epoch` steps.
@@ -574,7 +691,8 @@ class Model(ModelSurface, tf.Module):
             steps_per_epoch: Integer, -1 or `None`. The number of steps
                 (batches) in an epoch. `None`: the size of the data, or until a
                 dataset is exhausted. Required for an infinitely repeating
-                dataset; -1 runs indefinitely. tfk_trainer runs exactly this
+                dataset; -1 runs indefinitely. Finite data that ends earlier
+                ends the epoch there, and the next epoch starts a fresh pass. tfk_trainer runs exactly this
                 many optimizer steps per epoch (Keras rounds up to a multiple
                 of `steps_per_execution`).
             validation_steps: Integer or `None`. The number of validation
@@ -591,6 +709,11 @@ class Model(ModelSurface, tf.Module):
             metric name (and `val_` ones) to its value at each epoch.
         """
         self._require_compiled("fit")
+        # keras.config.set_max_epochs / set_max_steps_per_epoch (debugging caps).
+        epochs = build.capped_epochs(epochs)
+        steps_per_epoch = build.capped_steps(steps_per_epoch)
+        if validation_data is not None or validation_split:
+            validation_steps = build.capped_steps(validation_steps)
         return fit_run.run_fit(
             self,
             x=x,
@@ -671,6 +794,7 @@ class Model(ModelSurface, tf.Module):
                 "batch_size, verbose, sample_weight, steps, callbacks, return_dict."
             )
         self._require_compiled("evaluate")
+        steps = build.capped_steps(steps)
         logs = runs.run_evaluate(
             self,
             x=x,
@@ -718,7 +842,12 @@ class Model(ModelSurface, tf.Module):
             outputs.
         """
         return runs.run_predict(
-            self, x=x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            self,
+            x=x,
+            batch_size=batch_size,
+            verbose=verbose,
+            steps=build.capped_steps(steps),
+            callbacks=callbacks,
         )
 
     # -- single batches ------------------------------------------------------

@@ -11,16 +11,29 @@ synchronises the host per execution.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import keras
+from absl import logging as absl_logging
 
 from tfk_trainer.engine.logs import LazyLogs, to_python
 
-__all__ = ["Callback", "CallbackList", "LazyLogs", "to_python"]
+__all__ = ["Callback", "CallbackList", "LazyLogs", "print_msg", "to_python"]
 
 log = logging.getLogger("tfk_trainer")
+
+
+def print_msg(message: str) -> None:
+    """A callback's `verbose` message, where Keras's callbacks write theirs: stdout
+    while Keras's interactive logging is on (the default), else absl's log
+    (`keras.config.disable_interactive_logging()` silences stdout for both)."""
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()
+    else:
+        absl_logging.info(message)
 
 
 class Callback:
@@ -157,8 +170,10 @@ class CallbackList:
         raise NotImplementedError  # built once; see `__init__`
 
     def _call(self, hook: str, *args, logs=None) -> None:
+        # Keras hands every hook a dict (`{}` for the `*_begin` hooks), and user
+        # callbacks write `logs["x"]` or `logs.get(...)`: never None.
         for cb in self.callbacks:
-            getattr(cb, hook)(*args, logs=logs)
+            getattr(cb, hook)(*args, logs={} if logs is None else logs)
 
     def wants_batch(self, hook: str) -> bool:
         return bool(self._batch_hooks[hook])
@@ -185,7 +200,7 @@ class CallbackList:
 
     def _batch(self, hook: str, batch: int, logs: Any) -> None:
         for cb in self._batch_hooks[hook]:
-            getattr(cb, hook)(batch, logs=logs)
+            getattr(cb, hook)(batch, logs={} if logs is None else logs)
 
     def on_train_begin(self, logs=None):
         self._call("on_train_begin", logs=logs)

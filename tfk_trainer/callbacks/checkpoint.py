@@ -337,6 +337,11 @@ class ModelCheckpoint(Callback):
                 self._save(self._epoch, dict(logs or {}))
 
     def on_train_begin(self, logs=None):
+        # issue 19 (13): `save_freq` counts this fit's batches, as Keras does,
+        # not the optimizer's steps of earlier fits.
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            self._last_saved_step = int(optimizer.iterations.numpy())
         # Fail before the first epoch is trained, not at its end. Creates
         # nothing: with save_best_only a checkpoint may never be written.
         if distribute.is_chief(self.model.distribute_strategy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tfk_trainer.callbacks.base import print_msg
 from tfk_trainer.callbacks.monitored import (
     _check_real,
     _check_verbose,
@@ -96,10 +97,10 @@ class EarlyStopping(_MonitorCallback):
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+            print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(
+                print_msg(
                     "Restoring model weights from the end of the best epoch: "
                     f"{self.best_epoch + 1}."
                 )

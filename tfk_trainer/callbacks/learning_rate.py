@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from tfk_trainer import compat
-from tfk_trainer.callbacks.base import Callback
+from tfk_trainer.callbacks.base import Callback, print_msg
 from tfk_trainer.callbacks.monitored import (
     _check_real,
     _check_verbose,
@@ -149,7 +149,7 @@ class ReduceLROnPlateau(_MonitorCallback):
         optimizer.learning_rate = new_lr
         if self.verbose > 0:
             which = f" {name}" if name else ""
-            print(
+            print_msg(
                 f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{which} learning rate to {new_lr}."
             )
         return True
@@ -264,7 +264,7 @@ class LearningRateScheduler(Callback):
             optimizer.learning_rate = lr
             if self.verbose > 0:
                 which = f"{name} " if name else ""
-                print(
+                print_msg(
                     f"\nEpoch {epoch + 1}: LearningRateScheduler setting {which}learning rate to {lr}."
                 )
 

@@ -6,7 +6,7 @@ import collections.abc
 
 import numpy as np
 
-from tfk_trainer.callbacks.base import Callback
+from tfk_trainer.callbacks.base import Callback, print_msg
 
 # -- TerminateOnNaN --------------------------------------------------------------
 
@@ -42,7 +42,7 @@ class TerminateOnNaN(Callback):
                     f"NaN or Inf loss encountered at batch {batch}. Loss value: {loss}. "
                     "Terminating training immediately."
                 )
-            print(f"Batch {batch}: Invalid loss, terminating training")
+            print_msg(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
 
 
@@ -70,7 +70,8 @@ class LambdaCallback(Callback):
         on_train_batch_begin: Called as `on_train_batch_begin(batch, logs)`.
         on_train_batch_end: Called as `on_train_batch_end(batch, logs)`.
         **kwargs: Any other hook by name, e.g. `on_test_end=fn`; an unknown
-            name raises.
+            `on_...` name raises (a misspelled hook); other names are stored
+            as attributes, as Keras does.
     """
 
     def __init__(
@@ -92,12 +93,17 @@ class LambdaCallback(Callback):
             "on_train_batch_begin": on_train_batch_begin,
             "on_train_batch_end": on_train_batch_end,
         }
-        unknown = sorted(set(kwargs) - _HOOKS)
+        # Keras stores any other keyword argument as an attribute (user state the
+        # hooks share); so do we, except names that look like a misspelled hook
+        # (`on_...`), which would otherwise never be called.
+        unknown = sorted(k for k in set(kwargs) - _HOOKS if k.startswith("on_"))
         if unknown:
             raise TypeError(
                 f"LambdaCallback got unexpected keyword argument(s) {unknown}; the hooks are "
                 f"{sorted(_HOOKS)}."
             )
+        for name in set(kwargs) - _HOOKS:
+            setattr(self, name, kwargs.pop(name))
         hooks.update(kwargs)
         for name, fn in hooks.items():
             if fn is None:

@@ -1,8 +1,9 @@
 """`get_adapter`: the one place that decides which adapter an input gets.
 
 The rules are the Keras 3 API docs': a `tf.data.Dataset`, a `PyDataset` or a
-generator carries its own targets and batching (so `y`, `sample_weight` and
-`batch_size` must not accompany it); arrays, tensors and lists/dicts of them
+generator carries its own targets and batching (so `y` and `sample_weight`
+must not accompany it, and a `batch_size` is ignored with a warning, as Keras
+ignores it); arrays, tensors and lists/dicts of them
 are batched here. In static-shape mode every source but arrays (which
 implement the modes natively) is wrapped in a `StaticShapeAdapter`.
 
@@ -12,6 +13,7 @@ adapters, and none of them imports it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -178,7 +180,8 @@ def _reject_with_dataset(*, y: Any, sample_weight: Any, batch_size: Any, kind: s
             "`(x, y, sample_weight)` instead."
         )
     if batch_size is not None:
-        raise ValueError(
-            f"`batch_size` must not be given when `x` is {kind}: it is already "
-            f"batched (received batch_size={batch_size})."
+        # Keras ignores it (its guides pass one with a PyDataset): so do we, saying so.
+        warnings.warn(
+            f"`batch_size={batch_size}` is ignored: `x` is {kind}, which makes its own batches.",
+            stacklevel=4,
         )

@@ -11,7 +11,10 @@ not split across replicas) live here too.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -62,8 +65,11 @@ class Executor:
                 kind=kind,
             )
 
-        self.train = compiled(execution.make_step_loop, train_step, "train")
-        self.test = compiled(execution.make_step_loop, test_step, "test")
+        self.last_mode: str | None = None  # whose step logs `read_logs` reads
+        self.train = _ModeCall(
+            self, "train", compiled(execution.make_step_loop, train_step, "train")
+        )
+        self.test = _ModeCall(self, "test", compiled(execution.make_step_loop, test_step, "test"))
         self.predict = compiled(
             execution.make_predict_loop,
             predict_replica,
@@ -74,6 +80,92 @@ class Executor:
         # few eager reads cost less than a traced function per model (and TF's
         # retracing detector would warn once a process has built five models).
         self.read_logs = read_logs
+
+
+class _ModeCall:
+    """A compiled train or test function that notes, when called, that its step's
+    logs are the current ones (a custom step may return logs of its own)."""
+
+    def __init__(self, executor: Executor, mode: str, fn: Any):
+        self._executor = executor
+        self._mode = mode
+        self._fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._executor.last_mode = self._mode
+        return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fn, name)
+
+
+def metric_log_names(state: Any) -> list[str]:
+    """The names `metric_values` returns (no value read)."""
+    names = ["loss"] if state.loss_tracker is not None else []
+    names += [o.log_name for o, t in zip(state.objectives.outputs, state.output_trackers) if t]
+    names += [m.name for m in state.objectives.metrics]
+    return names + [m.name for m in state.user_metrics]
+
+
+def _flat_logs(logs: Mapping) -> dict[str, Any]:
+    """A step's returned logs, nested dicts flattened (as Keras's `pythonify_logs`)."""
+    flat: dict[str, Any] = {}
+    for key, value in logs.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat_logs(value))
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def record_step_logs(state: Any, mode: str, logs: Any) -> None:
+    """Keeps what a custom `train_step`/`test_step` returned as the logs (at trace time).
+
+    Keras logs the dict a step returns. When its keys are the model's metric
+    names, the metrics are read after the execution as usual (the same numbers);
+    otherwise (plain values, other names) each value is assigned, every step, to
+    a variable made once outside the graph, and `read_logs` returns those:
+    the last step's values, as in Keras.
+    """
+    if not isinstance(logs, Mapping) or set(logs) == set(metric_log_names(state)):
+        state.step_logs[mode] = None
+        return
+    keys = []
+    for key, value in _flat_logs(logs).items():
+        try:
+            value = tf.convert_to_tensor(value)
+        except (TypeError, ValueError):
+            continue  # not a number: Keras's progress bar skips it too
+        var = state.step_log_vars.get(key)
+        if var is None or var.dtype != value.dtype:
+            with tf.init_scope():
+                var = tf.Variable(
+                    tf.zeros([d or 0 for d in value.shape.as_list()], value.dtype)
+                    if value.shape.rank is not None
+                    else tf.zeros([], value.dtype),
+                    trainable=False,
+                    shape=tf.TensorShape(None),
+                    synchronization=tf.VariableSynchronization.ON_WRITE,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            state.step_log_vars[key] = var
+        var.assign(value)
+        keys.append(key)
+    state.step_logs[mode] = keys
+
+
+def engine_step(model: Any, mode: str) -> Any:
+    """The replica function the compiled `mode` loop runs: the model's default step
+    (which returns nothing), or an override whose returned logs are recorded."""
+    step, custom = model._engine_step(mode)
+    if not custom:
+        return step
+    state = model._state
+
+    def recorded(data: Any) -> None:
+        record_step_logs(state, mode, step(data))
+
+    return recorded
 
 
 # Model methods a step calls that a subclass may override.
@@ -126,6 +218,18 @@ def accepts_training(fn: Any) -> bool:
     return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+@functools.cache
+def call_takes_training(cls: type) -> bool:
+    """Whether `cls.call` takes `training` (or **kwargs): Keras passes it only then."""
+    return accepts_training(getattr(cls, "call", None))
+
+
+@functools.cache
+def compute_loss_takes_training(cls: type) -> bool:
+    """Whether `cls.compute_loss` takes `training` (Keras's older signature does not)."""
+    return accepts_training(getattr(cls, "compute_loss", None))
+
+
 def zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
     """A one-batch dummy for `spec` (unknown dims as 1)."""
     shape = (
@@ -146,30 +250,71 @@ def build_network(model: Any, x_spec: Any) -> None:
     """
     state = model._state
     if state.network_built:
+        refresh_trainable(model)
         return
     if state.compile_config is None:
         state.strategy = tf.distribute.get_strategy()
         state.jit = execution.resolve_jit_compile("auto", state.strategy, model.run_eagerly)
-    with model.distribute_strategy.scope():
-        dummy = tf.nest.map_structure(zeros_for, x_spec)
-        try:
-            y_pred = model(dummy, training=False)
-        except Exception as e:
-            # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
-            raise ValueError(checks.model_call_failure(e, x_spec)) from e
-    state.output_structure = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+    if model._calls_nothing():
+        # A subclass with its own train_step and no forward pass (Keras's GAN
+        # guide): nothing to call; its sub-models were built by the user.
+        y_pred = None
+    else:
+        with model.distribute_strategy.scope():
+            dummy = tf.nest.map_structure(zeros_for, x_spec)
+            try:
+                y_pred = model(dummy, training=False)
+            except Exception as e:
+                # One line: the shapes, not Keras's dump of the tensor (kept as __cause__).
+                raise ValueError(checks.model_call_failure(e, x_spec)) from e
+    state.output_structure = (
+        None
+        if y_pred is None
+        else tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), y_pred
+        )
     )
     state.sample_output = y_pred
     state.input_spec = x_spec
-    state.trainable, state.non_trainable, state.layers, state.user_metrics = (
-        variables_lib.collect(model)
+    state.trainable, state.non_trainable, state.layers, state.user_metrics = collect_variables(
+        model
     )
+    state.executor = make_executor(model)
+    state.network_built = True
+
+
+def collect_variables(model: Any) -> tuple[list, list, list, list]:
+    """`(trainable, non-trainable, layers, metrics)`; none trainable when
+    `model.trainable` is False (as Keras's `Model.trainable`)."""
+    trainable, non_trainable, layers, metrics = variables_lib.collect(model)
+    if not getattr(model, "trainable", True):
+        trainable, non_trainable = [], trainable + non_trainable
+    return trainable, non_trainable, layers, metrics
+
+
+def refresh_trainable(model: Any) -> None:
+    """Takes up `trainable` flags changed since the model was built (a frozen
+    layer, `model.trainable = False`): the next train step traces again with the
+    new variable list. Keras needs a `compile()` for it; here the next run sees it.
+    """
+    state = model._state
+    trainable, non_trainable, _, _ = collect_variables(model)
+    if [id(v) for v in trainable] == [id(v) for v in state.trainable] and [
+        id(v) for v in non_trainable
+    ] == [id(v) for v in state.non_trainable]:
+        return
+    state.trainable, state.non_trainable = trainable, non_trainable
+    state.executor = make_executor(model)
+
+
+def make_executor(model: Any) -> Executor:
+    """The compiled functions of a model whose variables exist (traced on first use)."""
+    state = model._state
     config = state.compile_config
-    state.executor = Executor(
+    return Executor(
         model.distribute_strategy,
-        train_step=model.train_step,
-        test_step=model.test_step,
+        train_step=engine_step(model, "train"),
+        test_step=engine_step(model, "test"),
         predict_replica=model._predict_replica,
         output_structure=state.output_structure,
         read_logs=lambda: metric_results(state),
@@ -178,7 +323,6 @@ def build_network(model: Any, x_spec: Any) -> None:
         run_eagerly=model.run_eagerly,
         autograph=lambda: step_autograph(model),
     )
-    state.network_built = True
 
 
 def ensure_built(model: Any, element_spec: tuple) -> None:
@@ -190,9 +334,7 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
     y_spec = element_spec[1] if len(element_spec) > 1 else None
     config = state.compile_config
     with model.distribute_strategy.scope():
-        objectives = compile_lib.build_objectives(
-            config, y_spec, state.sample_output, model._model_output_names()
-        )
+        objectives = _objectives(model, config, y_spec)
         has_loss = any(o.loss is not None for o in objectives.outputs)
         if has_loss and y_spec is None:
             raise ValueError(
@@ -204,13 +346,19 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
                 f"The targets `y` are strings ({y_spec}), but the loss needs numbers. "
                 "Encode the labels as integers (e.g. with keras.layers.StringLookup) first."
             )
-        if not has_loss and not model.losses and not model._custom_train_step():
+        if (
+            not has_loss
+            and not model.losses
+            and not model._custom_train_step()
+            and not model._custom_compute_loss()
+        ):
             raise ValueError(
                 "The model has no loss to optimize: pass `loss` to compile() (or add "
                 "losses with `add_loss` in a Keras layer)."
             )
-        # No compiled loss and a custom train_step (a GAN, say): no `loss` log.
-        state.loss_tracker = LossTracker(name="loss") if has_loss or model.losses else None
+        # Always, as Keras (a custom step or `compute_loss` may update it; a GAN's
+        # train_step returns its own logs, which replace the metrics').
+        state.loss_tracker = LossTracker(name="loss")
         state.output_trackers = [
             LossTracker(name=o.log_name) if o.log_name else None for o in objectives.outputs
         ]
@@ -228,7 +376,64 @@ def ensure_built(model: Any, element_spec: tuple) -> None:
     state.built = True
 
 
-def configure(state: Any, **compile_args: Any) -> Any:
+def _objectives(model: Any, config: Any, y_spec: Any) -> Any:
+    """The compiled losses and metrics; none for a model without a forward pass."""
+    state = model._state
+    if state.sample_output is None and model._calls_nothing():
+        if config.loss is not None or config.metrics or config.weighted_metrics:
+            raise ValueError(
+                f"{type(model).__name__} has no `call` (it overrides only `train_step`), so "
+                "compile() cannot take `loss`, `metrics` or `weighted_metrics`: compute "
+                "them in `train_step` and return them as its logs."
+            )
+        return compile_lib.CompiledObjectives(output_names=[], outputs=[], is_dict=False)
+    return compile_lib.build_objectives(
+        config, y_spec, state.sample_output, model._model_output_names()
+    )
+
+
+def uses_mixed_float16(model: Any) -> bool:
+    """Whether the model computes in float16 under a "mixed_float16" policy: the
+    global policy (Keras's default), or one set on the wrapped network or any
+    of its layers (Keras checks the model's own policy; a float16 layer's
+    gradients underflow just the same)."""
+    if getattr(keras.config.dtype_policy(), "name", "") == "mixed_float16":
+        return True
+    pending = variables_lib.walk(model)[0]
+    seen: set[int] = set()
+    while pending:
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if getattr(getattr(layer, "dtype_policy", None), "name", "") == "mixed_float16":
+            return True
+        pending.extend(getattr(layer, "layers", None) or [])
+    return False
+
+
+def capped_epochs(epochs: Any) -> Any:
+    """`epochs` limited by `keras.config.set_max_epochs` (for debugging runs), as
+    Keras's fit does, with its warning."""
+    limit = keras.config.max_epochs()
+    if limit and isinstance(epochs, int) and limit < epochs:
+        warnings.warn(f"Limiting epochs to {limit}", stacklevel=3)
+        return limit
+    return epochs
+
+
+def capped_steps(steps: Any) -> Any:
+    """A run's steps limited by `keras.config.set_max_steps_per_epoch`: a cap on
+    the steps (also when none were given), as Keras's epoch iterator applies it
+    to every run (fit, validation, evaluate, predict)."""
+    limit = keras.config.max_steps_per_epoch()
+    if limit and (not steps or steps == -1 or (isinstance(steps, int) and limit < steps)):
+        warnings.warn(f"Limiting steps_per_epoch to {limit}", stacklevel=3)
+        return limit
+    return steps
+
+
+def configure(state: Any, mixed_float16: bool = False, **compile_args: Any) -> Any:
     """`compile()`: checks the arguments and resets the engine state; returns the
     optimizer (a LossScaleOptimizer under "mixed_float16" with `auto_scale_loss`).
 
@@ -238,10 +443,9 @@ def configure(state: Any, **compile_args: Any) -> Any:
     with strategy.scope():
         config = compile_lib.check_compile_args(**compile_args)
         jit = execution.resolve_jit_compile(config.jit_compile, strategy, config.run_eagerly)
-        policy = keras.config.dtype_policy()
         if (
             compile_args.get("auto_scale_loss", True)
-            and getattr(policy, "name", "") == "mixed_float16"
+            and mixed_float16
             and not isinstance(config.optimizer, keras.optimizers.LossScaleOptimizer)
         ):
             config.optimizer = keras.optimizers.LossScaleOptimizer(config.optimizer)
@@ -253,6 +457,8 @@ def configure(state: Any, **compile_args: Any) -> Any:
         can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
     )
     state.objectives = None
+    state.step_logs = {}  # mode -> keys of a custom step's own logs (None: the metrics)
+    state.step_log_vars = {}
     state.loss_tracker = None
     state.built = False
     state.network_built = False
@@ -284,16 +490,36 @@ def metrics_by_name(state: Any) -> dict[str, Any]:
     return named
 
 
+def _own_step_log_keys(state: Any) -> list[str] | None:
+    """The keys of the logs the last custom step returned, when not the metrics'."""
+    mode = getattr(state.executor, "last_mode", None)
+    return getattr(state, "step_logs", {}).get(mode)
+
+
 def metrics_names(state: Any) -> list[str]:
-    """The names of `evaluate()`'s list, in its order."""
+    """The names of `evaluate()`'s list, in its order (the keys of the logs a
+    custom step returned, when it returned logs of its own)."""
     if not state.built:
         return []
+    own = _own_step_log_keys(state)
+    if own is not None:
+        return list(own)
     loss = ["loss"] if state.loss_tracker is not None else []
     return loss + state.objectives.metric_names + [m.name for m in state.user_metrics]
 
 
 def metric_results(state: Any) -> dict[str, tf.Tensor]:
-    """The logs as device tensors (read eagerly by the driver and the callbacks)."""
+    """The logs as device tensors (read eagerly by the driver and the callbacks):
+    what the last custom step returned when it returned logs of its own (Keras
+    logs those), else the metrics' results."""
+    keys = _own_step_log_keys(state)
+    if keys is not None:
+        return {k: state.step_log_vars[k].value() for k in keys}
+    return metric_values(state)
+
+
+def metric_values(state: Any) -> dict[str, tf.Tensor]:
+    """Every metric's result under its log name (`Model.get_metrics_result`)."""
     results = {}
     if state.loss_tracker is not None:
         results["loss"] = state.loss_tracker.result()

@@ -27,6 +27,7 @@ class LazyLogs(Mapping):
         if self._values is None:
             raw = self._read()
             self._values = {k: to_python(raw[k]) for k in self._keys if k in raw}
+            self._keys = [k for k in self._keys if k in raw]  # only what was logged
             for k in raw:
                 if k not in self._values:
                     self._values[k] = to_python(raw[k])

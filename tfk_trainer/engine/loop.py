@@ -246,6 +246,7 @@ class Driver:
     ) -> dict[str, float]:
         model = self.model
         model.reset_metrics()
+        model.stop_evaluating = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = iterators or Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_test_begin()
         plan.adapter.on_epoch_begin(0)
@@ -272,7 +273,7 @@ class Driver:
             step += ran
             if callbacks.wants_batch("on_test_batch_end"):
                 callbacks.on_test_batch_end(step - 1, self._lazy_logs())
-            if ended:
+            if ended or model.stop_evaluating:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         if step == 0:
@@ -288,6 +289,7 @@ class Driver:
 
     def predict_loop(self, plan: EpochPlan, callbacks: CallbackList) -> Any:
         model = self.model
+        model.stop_predicting = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_predict_begin()
         plan.adapter.on_epoch_begin(0)
@@ -317,7 +319,7 @@ class Driver:
             step += ran
             if callbacks.wants_batch("on_predict_batch_end"):
                 callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
-            if ended:
+            if ended or model.stop_predicting:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         callbacks.on_predict_end()
@@ -364,6 +366,7 @@ class Driver:
         # Callbacks that act at multiples of N steps: executions end on those multiples.
         intervals = callbacks.step_intervals()
         epoch_logs: dict[str, float] = {}
+        ran_out_warned = False  # issue 19 (17)
         for epoch in range(position.epoch, epochs):
             resumed_mid_epoch = resume is not None and epoch == resume.epoch and resume.step > 0
             if not resumed_mid_epoch:
@@ -436,11 +439,24 @@ class Driver:
             if epoch_complete:  # a stop mid-epoch leaves the position inside it
                 position.epoch, position.step = epoch + 1, 0
             callbacks.on_epoch_end(epoch, epoch_logs)
-            if ran_out:
+            if ran_out and not plan.adapter.one_shot:
+                # issue 19 (17): finite data shorter than `steps_per_epoch` ends the
+                # epoch; the next one starts a fresh pass (Keras 3), said once per fit.
+                if not ran_out_warned:
+                    ran_out_warned = True
+                    warnings.warn(
+                        f"Your input ran out of data in epoch {epoch} after {step} of "
+                        f"{plan.steps} steps; each epoch ends there and the next starts a "
+                        "fresh pass over the data. Use `.repeat()` for full epochs.",
+                        stacklevel=3,
+                    )
+                iterators.reset(epoch + 1)
+            elif ran_out:
                 warnings.warn(
                     f"Your input ran out of data in epoch {epoch} after {step} of "
-                    f"{plan.steps} steps; training stops. Make sure the data can provide "
-                    "`steps_per_epoch * epochs` batches (e.g. with `.repeat()`).",
+                    f"{plan.steps} steps; training stops (a one-shot generator cannot "
+                    "start again). Pass a callable returning a fresh generator, or make the "
+                    "data provide `steps_per_epoch * epochs` batches.",
                     stacklevel=3,
                 )
                 break

@@ -150,7 +150,8 @@ def test_validation_freq_zero():
 
 
 def test_batch_size_with_dataset():
-    with pytest.raises(ValueError, match=r"batch_size"):
+    # Keras 3 ignores batch_size for inputs that batch themselves; we warn (issue 19 item 15).
+    with pytest.warns(UserWarning, match=r"batch_size"):
         _model().fit(_dataset(), batch_size=4, verbose=0)
 
 

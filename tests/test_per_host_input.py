@@ -146,7 +146,7 @@ def test_dataset_function_errors_name_the_argument():
     good = tfk.DatasetFunction(lambda c: tf.data.Dataset.from_tensor_slices((x, y)).batch(4))
     with pytest.raises(ValueError, match="`y` must not be given when `x` is a DatasetFunction"):
         model.fit(good, y, verbose=0)
-    with pytest.raises(ValueError, match="`batch_size` must not be given"):
+    with pytest.warns(UserWarning, match="batch_size"):
         model.evaluate(good, batch_size=4, verbose=0)
     empty = tfk.DatasetFunction(lambda c: tf.data.Dataset.from_tensor_slices((x, y)).take(0))
     with pytest.raises(ValueError, match="empty"):

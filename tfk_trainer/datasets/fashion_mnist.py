@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["load_fashion_mnist", "DEFAULT_SEARCH_DIRS", "ENV_VAR", "FILES"]
 
@@ -61,11 +62,16 @@ def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[str]:
         candidates = [os.environ[ENV_VAR]]
     else:
         candidates = list(DEFAULT_SEARCH_DIRS)
-    return [os.path.abspath(os.path.expanduser(path)) for path in candidates]
+    # URLs (gs://, ram://) are kept as given; only local paths get `~` expanded.
+    return [path if "://" in path else os.path.expanduser(path) for path in candidates]
 
 
 def _has_all_files(folder: str) -> bool:
-    return all(os.path.isfile(os.path.join(folder, name)) for name in FILES.values())
+    return all(
+        tf.io.gfile.exists(folder.rstrip("/") + "/" + name)
+        and not tf.io.gfile.isdir(folder.rstrip("/") + "/" + name)
+        for name in FILES.values()
+    )
 
 
 def _missing_data_message(tried: Sequence[str]) -> str:

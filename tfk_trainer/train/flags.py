@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 import ml_collections
+import tensorflow as tf
 from absl import flags
 from ml_collections import config_flags
 
@@ -189,7 +190,7 @@ def _shipped_config_path(value: str) -> str:
     its argument.
     """
     name, colon, argument = value.partition(":")
-    if not name or os.path.exists(name) or os.sep in name or "/" in name or "://" in name:
+    if not name or "/" in name or os.sep in name or tf.io.gfile.exists(name):
         return value
     return shipped_configs.path(name) + colon + argument
 

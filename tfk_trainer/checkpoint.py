@@ -356,7 +356,7 @@ def _damage_note(prefix: str, error: BaseException) -> str:
     if not tf.io.gfile.exists(prefix + ".index"):
         files.append(prefix + ".index (missing)")
     reason = getattr(error, "message", None) or str(error)
-    return f"{', '.join(files) or prefix + ' (no files)'}: {reason.splitlines()[0][:200]}"
+    return f"{', '.join(files) or prefix + ' (no files)'}: {reason.splitlines()[0][:2000]}"
 
 
 def restore_newest_intact(
@@ -470,11 +470,11 @@ def read(
         status = checkpoint.read(path)
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-        raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:500]}{advice}") from e
+        raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:2000]}{advice}") from e
     except tf.errors.OpError as e:
         files = checkpoint_files(path) or [f"{path}.index (missing)"]
         raise UnreadableCheckpoint(
             f"{subject} cannot be read (missing, truncated or corrupt files: "
-            f"{', '.join(files)}): {e.message.splitlines()[0][:300]}{advice}"
+            f"{', '.join(files)}): {e.message.splitlines()[0][:2000]}{advice}"
         ) from e
     status.expect_partial()

@@ -24,7 +24,8 @@ binary reports them with the other config errors and exits with status 2,
 instead of failing inside the builder after the data is loaded.
 
 The built-in entries ("mlp", "resnet", "transformer"; "fashion_mnist",
-"npz", "synthetic", "tfds") are registered on first use of the registry.
+"npz", "synthetic", "tfds", "tfrecord") are registered on first use of the
+registry.
 """
 
 from __future__ import annotations

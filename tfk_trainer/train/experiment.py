@@ -10,7 +10,6 @@ and dispatches the others; the parts live in `train/paths.py` (the layout), `tra
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -340,7 +339,7 @@ def _fit_checkpoint(paths: Paths, fit_done: dict[str, Any] | None) -> str | None
     """The final checkpoint of a finished `fit` (FIT_DONE), if it can be read back."""
     if not fit_done or fit_done.get("global_step") is None:
         return None
-    path = os.path.join(paths.checkpoints, f"ckpt-{int(fit_done['global_step'])}")
+    path = paths_lib.join(paths.checkpoints, f"ckpt-{int(fit_done['global_step'])}")
     if tf.io.gfile.exists(path + ".index"):
         return path
     print(

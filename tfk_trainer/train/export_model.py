@@ -8,6 +8,7 @@ from typing import Any
 import tensorflow as tf
 
 import tfk_trainer as tfk
+from tfk_trainer import paths as paths_lib
 from tfk_trainer.export import move_tree
 from tfk_trainer.train.paths import Paths
 
@@ -20,13 +21,13 @@ def export_model(model: tfk.Model, paths: Paths, strategy: Any) -> str:
     permissions the umask gives (a serving process may run as another user).
     """
     final = paths.export
-    staging = os.path.join(paths.model_dir, f".export-staging-{os.getpid()}")
+    staging = paths_lib.join(paths.model_dir, f".export-staging-{os.getpid()}")
     model.export(staging, verbose=False)  # the binary logs the final path itself
     if not tfk.distribute.is_chief(strategy):
         return final
     old = None
     if tf.io.gfile.exists(final):
-        old = os.path.join(paths.model_dir, f".export-old-{os.getpid()}")
+        old = paths_lib.join(paths.model_dir, f".export-old-{os.getpid()}")
         move_tree(final, old)
     move_tree(staging, final)
     if old:

@@ -18,11 +18,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
+
+from tfk_trainer import paths as paths_lib
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Paths:
         }
         if name not in names:
             raise AttributeError(name)
-        return os.path.join(self.model_dir, names[name])
+        return paths_lib.join(self.model_dir, names[name])
 
 
 def _read_json(path: str) -> Any:

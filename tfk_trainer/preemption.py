@@ -82,7 +82,8 @@ def _any_flag_function(strategy: tf.distribute.Strategy) -> Callable[[tf.Tensor]
 
         def replica_sum(flag: tf.Tensor) -> tf.Tensor:
             context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, flag)
+            # Made on the replica's device: the collective reduces to where its input lives.
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
 
         @tf.function(autograph=False)
         def any_flag(flag: tf.Tensor) -> tf.Tensor:

@@ -154,7 +154,7 @@ def test_sigterm_saves_once_exits_143_and_the_resume_matches(where, step, sigter
     assert not tf.io.gfile.exists(backup)  # a finished run's backup is deleted
 
 
-def test_a_sigterm_after_the_last_boundary_keeps_the_backup_and_is_handed_on(
+def test_a_sigterm_after_the_last_boundary_goes_to_the_handler_from_before_fit(
     sigterm_recorder,
 ):
     x, y = _data()

@@ -7,7 +7,9 @@ at that exact step: array epochs are pure functions of `(seed, epoch)`, so
 skipping the batches already trained reproduces the rest of the epoch, and
 a resumed run ends with the weights of an uninterrupted one (with op
 determinism on). On SIGTERM (the preemption signal on Cloud) it saves at
-the next execution boundary and raises `Preempted` (exit code 143).
+the next execution boundary and raises `Preempted` (exit code 143); in a
+multi-worker cluster a SIGTERM to any one worker makes every worker save
+the same step and exit 143 (`tfk_trainer/preemption.py`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import sys
-import threading
 import uuid
 import warnings
 from typing import Any
@@ -30,23 +29,11 @@ from tfk_trainer import distribute, paths
 from tfk_trainer.callbacks import monitor as monitor_lib
 from tfk_trainer.callbacks.base import Callback
 from tfk_trainer.engine.run_state import Position
+from tfk_trainer.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionGuard
+
+__all__ = ["PREEMPTED_EXIT_CODE", "BackupAndRestore", "ModelCheckpoint", "Preempted"]
 
 log = logging.getLogger("tfk_trainer")
-
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the conventional status of a terminated process
-
-
-class Preempted(SystemExit):
-    """Raised by `BackupAndRestore` after saving on SIGTERM; exits with status 143."""
-
-    def __init__(self, message: str):
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.message = message
-        # SystemExit prints nothing when it ends the process: say what happened.
-        print(f"tfk_trainer: {message}", file=sys.stderr, flush=True)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _check_save_freq(save_freq: Any) -> Any:
@@ -62,25 +49,44 @@ def _check_save_freq(save_freq: Any) -> Any:
 class BackupAndRestore(Callback):
     """Backs training up and resumes it, exactly, after a crash or preemption.
 
+    On SIGTERM every worker of the cluster saves the same step and `fit`
+    raises `Preempted` (exit status 143); see `tfk_trainer/preemption.py`.
+
     Args:
         backup_dir: where the backup lives (only the chief writes there).
         save_freq: "epoch", or an int: save every that many optimizer steps
             (rounded up to execution boundaries).
         delete_checkpoint: delete the backup when `fit` completes.
+        save_before_preemption: tf-keras's name for saving on SIGTERM; accepted
+            for compatibility. Saving on SIGTERM is always on (Keras 3 has no
+            such argument), so only True is accepted.
     """
 
-    def __init__(self, backup_dir: str, save_freq: Any = "epoch", delete_checkpoint: bool = True):
+    def __init__(
+        self,
+        backup_dir: str,
+        save_freq: Any = "epoch",
+        delete_checkpoint: bool = True,
+        save_before_preemption: bool = True,
+    ):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not str(backup_dir):
             raise ValueError(f"`backup_dir` must be a non-empty path; received {backup_dir!r}.")
+        if save_before_preemption is not True:
+            raise ValueError(
+                "`save_before_preemption` must be True: BackupAndRestore always saves and exits "
+                "(status 143) on SIGTERM, the preemption signal, on every worker of a cluster; "
+                f"received {save_before_preemption!r}."
+            )
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = _check_save_freq(save_freq)
         self.delete_checkpoint = bool(delete_checkpoint)
+        self.save_before_preemption = True
         self._manager = None
         self._position_vars: dict[str, tf.Variable] = {}
         self._last_saved_step = 0
-        self._preempted = False
-        self._previous_handler = None
+        self._saved_at: tuple | None = None  # (optimizer step, epoch, step) of the last save
+        self._guard: PreemptionGuard | None = None
 
     # -- setup -----------------------------------------------------------
 
@@ -118,7 +124,12 @@ class BackupAndRestore(Callback):
         self._restore(checkpoint)
         self._manager = tf.train.CheckpointManager(checkpoint, self._written_dir, max_to_keep=2)
         self._last_saved_step = int(model.optimizer.iterations.numpy())
-        self._install_sigterm_handler()
+        self._saved_at = None
+        # The guard owns SIGTERM; the driver asks it at every execution boundary,
+        # where a cluster agrees on it (one all-reduce) and every worker saves.
+        self._guard = PreemptionGuard(model.distribute_strategy, self._save_and_exit)
+        self._state().preemption = self._guard
+        self._guard.install()
 
     def _restore(self, checkpoint: tf.train.Checkpoint) -> None:
         """Restores the newest intact backup, if any, and sets the resume point.
@@ -145,9 +156,7 @@ class BackupAndRestore(Callback):
 
         directory = self.backup_dir
         newest = _state_latest(directory)
-        restored = checkpoint_lib.restore_newest_intact(
-            directory, restore, what="BackupAndRestore"
-        )
+        restored = checkpoint_lib.restore_newest_intact(directory, restore, what="BackupAndRestore")
         if restored is None:
             return
         if restored != newest and distribute.is_chief(model.distribute_strategy):
@@ -162,20 +171,11 @@ class BackupAndRestore(Callback):
         )
         log.info("BackupAndRestore: resuming at epoch %d, step %d.", p["epoch"], p["step"])
 
-    def _install_sigterm_handler(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._preempted = False
-
-        def handler(signum, frame):
-            self._preempted = True
-
-        self._previous_handler = signal.signal(signal.SIGTERM, handler)
-
-    def _restore_sigterm_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+    def _release_guard(self) -> None:
+        """Puts the SIGTERM handler back (a SIGTERM not yet acted on goes to it)."""
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.uninstall()
 
     # -- saving ----------------------------------------------------------
 
@@ -191,34 +191,44 @@ class BackupAndRestore(Callback):
         }
         for name, value in values.items():
             self._position_vars[name].assign(value)
-        self._manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
-        self._last_saved_step = int(self.model.optimizer.iterations.numpy())
+        iterations = int(self.model.optimizer.iterations.numpy())
+        self._manager.save(checkpoint_number=iterations)
+        self._last_saved_step = iterations
+        self._saved_at = (iterations, position.epoch, position.step)
+
+    def _save_and_exit(self, signalled: bool) -> None:
+        """The guard's action, on every worker at the same boundary: save, then exit 143.
+
+        A backup already written at this very position (the epoch-end save just
+        before) is not written again. The non-chief workers' scratch directory
+        is removed as at the end of `fit`.
+        """
+        position = self._state().position
+        iterations = int(self.model.optimizer.iterations.numpy())
+        if self._saved_at != (iterations, position.epoch, position.step):
+            self._save()
+        checkpoint_lib.cleanup_worker_directory(self._written_dir, self.backup_dir)
+        who = "SIGTERM received" if signalled else "another worker of the cluster received SIGTERM"
+        raise Preempted(
+            f"{who}: backup saved to {self.backup_dir!r} at epoch {position.epoch}, step "
+            f"{position.step} (optimizer step {iterations}); rerun the same command to resume."
+        )
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._preempted:
-            self._save()
-            self._restore_sigterm_handler()
-            raise Preempted(
-                f"SIGTERM received: backup saved to {self.backup_dir!r} at epoch "
-                f"{self._state().position.epoch}, step {self._state().position.step}; rerun the same "
-                "command to resume."
-            )
         if isinstance(self.save_freq, int):
             step = int(self.model.optimizer.iterations.numpy())
             if step - self._last_saved_step >= self.save_freq:
                 self._save()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.save_freq == "epoch" or self._preempted:
+        if self.save_freq == "epoch":
             self._save()
-        if self._preempted:
-            self._restore_sigterm_handler()
-            raise Preempted(
-                f"SIGTERM received: backup saved to {self.backup_dir!r} after epoch {epoch}."
-            )
+
+    def _on_train_abort(self) -> None:
+        self._release_guard()
 
     def on_train_end(self, logs=None):
-        self._restore_sigterm_handler()
+        self._release_guard()
         checkpoint_lib.cleanup_worker_directory(self._written_dir, self.backup_dir)
         if self.delete_checkpoint and distribute.is_chief(self.model.distribute_strategy):
             _remove_backup(self.backup_dir)

@@ -414,6 +414,7 @@ class Driver:
                 if ran:
                     if callbacks.wants_batch("on_train_batch_end"):
                         callbacks.on_train_batch_end(step - 1, self._lazy_logs())
+                self.state.preemption_point()  # every worker, every execution (preemption.py)
                 if ended:
                     if plan.steps is not None:
                         ran_out = True
@@ -439,6 +440,7 @@ class Driver:
             if epoch_complete:  # a stop mid-epoch leaves the position inside it
                 position.epoch, position.step = epoch + 1, 0
             callbacks.on_epoch_end(epoch, epoch_logs)
+            self.state.preemption_point()
             if ran_out and not plan.adapter.one_shot:
                 # issue 19 (17): finite data shorter than `steps_per_epoch` ends the
                 # epoch; the next one starts a fresh pass (Keras 3), said once per fit.

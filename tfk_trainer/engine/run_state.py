@@ -15,6 +15,11 @@ What lives here and who writes it:
 - `resume_from`: a `Position` that a restored backup asks the run to
   continue at. BackupAndRestore sets it in `on_train_begin`; the driver
   reads and clears it right after.
+- `preemption`: a `tfk_trainer.preemption.PreemptionGuard`, or None.
+  BackupAndRestore sets it in `on_train_begin`; the driver calls
+  `preemption_point()` at every execution boundary and epoch end, where
+  (in a cluster, after one all-reduce) every worker saves and exits at the
+  same step when any worker received SIGTERM.
 - `executor`: the model's compiled functions (`train`, `test`, `predict`,
   `read_logs`) for this compile and strategy.
 - `execution_lengths`: the steps per execution, kept by the model across
@@ -69,6 +74,13 @@ class RunState:
     steps_per_execution: int | str = 1
     position: Position | None = None
     resume_from: Position | None = None
+    preemption: Any = None  # a tfk_trainer.preemption.PreemptionGuard
+
+    def preemption_point(self) -> None:
+        """A boundary every worker reaches together: a requested preemption saves and
+        exits here (`Preempted`); nothing happens without a guard."""
+        if self.preemption is not None:
+            self.preemption.at_boundary()
 
     @property
     def jit_compile(self) -> bool:

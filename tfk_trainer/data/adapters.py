@@ -306,7 +306,6 @@ class ArrayAdapter(DataAdapter):
         each host reads only the rows of its own batches.
         """
         if self._in_graph:
-
             leaves = tf.nest.flatten(self._data)
 
             @_plain

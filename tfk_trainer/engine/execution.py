@@ -98,6 +98,8 @@ def composite_inputs_disable_xla(config: Any, x_spec: Any) -> bool:
 
 
 _LIBRARIES = ("keras", "tf_keras", "tensorflow")
+
+
 # The engine's step code (the Model's steps and loss arithmetic, compile's loss
 # wrapper); other tfk_trainer modules (the binary's models) count as user code.
 def _engine_module(module: str) -> bool:

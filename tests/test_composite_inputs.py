@@ -487,3 +487,30 @@ def test_unsupported_objects_still_name_the_argument():
         model.fit(np.array([[1.0], "a", None], dtype=object), np.zeros((3, 1)), verbose=0)
     with pytest.raises(ValueError, match="same number of samples"):
         model.fit(ragged_rows(5), np.zeros((4, 1), "float32"), verbose=0)
+
+
+def mixed_inputs() -> keras.Model:
+    tokens = keras.Input(shape=(None,), ragged=True, dtype="float32", name="tokens")
+    counts = keras.Input(shape=(WIDTH,), sparse=True, dtype="float32", name="counts")
+    extra = keras.Input(shape=(2,), dtype="float32", name="extra")
+    joined = keras.layers.Concatenate()([ToDense()(tokens), keras.layers.Dense(3)(counts), extra])
+    return keras.Model(
+        {"tokens": tokens, "counts": counts, "extra": extra}, keras.layers.Dense(1)(joined)
+    )
+
+
+def test_dict_of_ragged_sparse_and_dense_matches_keras():
+    """Each leaf of a dict is sliced by its own kind; the rows stay aligned."""
+    tokens, y = ragged_data(n=21)
+    x = {
+        "tokens": tokens,
+        "counts": tf.sparse.from_dense(sparse_dense(21, seed=4)),
+        "extra": np.random.default_rng(5).normal(size=(21, 2)).astype("float32"),
+    }
+    ref_net, model = compiled_pair(mixed_inputs)
+    fit = dict(x=x, y=y, batch_size=4, epochs=2, shuffle=False)
+    assert_history_equal(ref_net.fit(verbose=0, **fit), model.fit(verbose=0, **fit))
+    assert_weights_close(ref_net, model)
+    assert_outputs_close(
+        model.predict(x, batch_size=5, verbose=0), ref_net.predict(x, batch_size=5, verbose=0)
+    )

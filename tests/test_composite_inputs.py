@@ -514,3 +514,25 @@ def test_dict_of_ragged_sparse_and_dense_matches_keras():
     assert_outputs_close(
         model.predict(x, batch_size=5, verbose=0), ref_net.predict(x, batch_size=5, verbose=0)
     )
+
+
+def test_model_that_cannot_take_ragged_names_x_and_the_kind():
+    net = keras.Sequential([keras.Input((WIDTH,)), keras.layers.Dense(1)])
+    model = tfk.Model(net)
+    model.compile(optimizer=sgd(), loss="mse")
+    x, y = ragged_data(n=4)
+    with pytest.raises(
+        ValueError, match=r"`x` \(a batch shaped like the data: ragged \(None, None\)"
+    ):
+        model.fit(x, y, verbose=0)
+
+
+def test_generator_switching_from_ragged_to_dense_is_named():
+    def batches():
+        yield tf.ragged.constant([[1.0, 2.0], [3.0]]), np.ones((2, 1), "float32")
+        yield np.ones((2, 2), "float32"), np.ones((2, 1), "float32")
+
+    model = tfk.Model(DensifyingNet())
+    model.compile(optimizer=sgd(), loss="mse")
+    with pytest.raises(ValueError, match=r"differ in rank or kind.*ragged float32\[2, None\]"):
+        model.fit(batches(), verbose=0)

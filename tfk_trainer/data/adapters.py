@@ -105,7 +105,9 @@ class ArrayAdapter(DataAdapter):
     `map` reads the rows of each batch: no per-sample Python work. Data of
     `IN_GRAPH_MAX_BYTES` or more stays in Python, outside every graph (read
     by `tf.numpy_function`), so no dataset graph holds a constant of its
-    size; smaller data is placed in the pipeline as tensors (faster reads). The permutation
+    size; smaller data is placed in the pipeline as tensors (faster reads), and so
+    are `tf.RaggedTensor`/`tf.SparseTensor` leaves (SciPy sparse matrices become
+    the latter), whose batches are gathered rows of their own kind. The permutation
     of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
     skips to epoch `e` sees exactly the batches an uninterrupted run saw.
     """
@@ -151,6 +153,7 @@ class ArrayAdapter(DataAdapter):
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
         self._data_tensors = None  # `_data` as tensors (small data), made on first use
+        self._row_forms = None  # the leaves of `_data_tensors` in `_row_form`, on first use
         # Small data is placed in the pipeline as tensors (the fastest reads; a
         # serialised pipeline then carries it as a constant of at most this
         # size); larger data stays outside every graph, read by NumPy. Ragged and
@@ -315,8 +318,9 @@ class ArrayAdapter(DataAdapter):
                 batch = tf.nest.pack_sequence_as(self._data, flat)
                 return self._finish_batch(batch, idx, batch_size)
 
-            forms = tuple(_row_form(t) for t in tf.nest.flatten(self._tensors()))
-            data = tf.data.Dataset.from_tensors(forms).repeat()
+            if self._row_forms is None:  # once per adapter (a sparse leaf is regrouped)
+                self._row_forms = tuple(_row_form(t) for t in tf.nest.flatten(self._tensors()))
+            data = tf.data.Dataset.from_tensors(self._row_forms).repeat()
             return tf.data.Dataset.zip((indices, data)).map(
                 gather_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
             )

@@ -30,6 +30,8 @@ _plain = tf.autograph.experimental.do_not_convert
 
 
 def _nbytes(data: Any) -> int:
+    if structure.has_composite(data):
+        return 0  # composite leaves are always placed in the pipeline (`ArrayAdapter`)
     return sum(
         int(np.prod(a.shape, dtype=np.int64)) * tf.as_dtype(a.dtype).size
         for a in tf.nest.flatten(data)
@@ -53,6 +55,41 @@ def _host_array(value: Any) -> np.ndarray:
     return value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
 
 
+def _row_form(leaf: Any) -> Any:
+    """A leaf in the form whose rows `_gather_rows` takes.
+
+    A `tf.SparseTensor` cannot be gathered by row: its entries are regrouped
+    by row once, as ragged `(indices, values)` whose row `i` holds the
+    entries of sparse row `i` (Keras's `TensorflowSparseWrapper` does the
+    same). Dense and ragged tensors are gathered as they are.
+    """
+    if not isinstance(leaf, tf.SparseTensor):
+        return leaf
+    leaf = tf.sparse.reorder(leaf)
+    splits = tf.ragged.segment_ids_to_row_splits(
+        leaf.indices[:, 0], num_segments=leaf.dense_shape[0]
+    )
+    return (
+        tf.RaggedTensor.from_row_splits(leaf.indices[:, 1:], splits),
+        tf.RaggedTensor.from_row_splits(leaf.values, splits),
+    )
+
+
+def _gather_rows(like: Any, form: Any, rows: tf.Tensor) -> Any:
+    """Rows `rows` of a leaf in its `_row_form` (`like`: the leaf, for its kind and
+    shape): a tensor, a `tf.RaggedTensor` or a `tf.SparseTensor` of `len(rows)` rows."""
+    if not isinstance(like, tf.SparseTensor):
+        return tf.gather(form, rows, axis=0)
+    indices, values = (tf.gather(part, rows) for part in form)
+    row_ids = indices.value_rowids()
+    tail = like.shape.as_list()[1:]
+    return tf.SparseTensor(
+        tf.concat([row_ids[:, tf.newaxis], indices.flat_values], axis=1),
+        values.flat_values,
+        tf.concat([tf.shape(rows, out_type=tf.int64), tf.constant(tail, tf.int64)], axis=0),
+    )
+
+
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """`array.take(rows, axis=0)` into an aligned buffer (numeric dtypes)."""
     if array.dtype.kind not in "biufc" or not array.dtype.isnative:
@@ -68,7 +105,9 @@ class ArrayAdapter(DataAdapter):
     `map` reads the rows of each batch: no per-sample Python work. Data of
     `IN_GRAPH_MAX_BYTES` or more stays in Python, outside every graph (read
     by `tf.numpy_function`), so no dataset graph holds a constant of its
-    size; smaller data is placed in the pipeline as tensors (faster reads). The permutation
+    size; smaller data is placed in the pipeline as tensors (faster reads), and so
+    are `tf.RaggedTensor`/`tf.SparseTensor` leaves (SciPy sparse matrices become
+    the latter), whose batches are gathered rows of their own kind. The permutation
     of epoch `e` is a pure function of `(seed, e)`, so a resumed run that
     skips to epoch `e` sees exactly the batches an uninterrupted run saw.
     """
@@ -114,10 +153,13 @@ class ArrayAdapter(DataAdapter):
         self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
         self._data_tensors = None  # `_data` as tensors (small data), made on first use
+        self._row_forms = None  # the leaves of `_data_tensors` in `_row_form`, on first use
         # Small data is placed in the pipeline as tensors (the fastest reads; a
         # serialised pipeline then carries it as a constant of at most this
-        # size); larger data stays outside every graph, read by NumPy.
-        self._in_graph = _nbytes(self._data) < IN_GRAPH_MAX_BYTES
+        # size); larger data stays outside every graph, read by NumPy. Ragged and
+        # sparse leaves (NumPy cannot hold them) are always placed in the pipeline.
+        self._composite = structure.has_composite(self._data)
+        self._in_graph = self._composite or _nbytes(self._data) < IN_GRAPH_MAX_BYTES
         self._class_weight = class_weight
         self._seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
         self._static = static
@@ -153,7 +195,8 @@ class ArrayAdapter(DataAdapter):
     @property
     def element_spec(self) -> tuple:
         return tf.nest.map_structure(
-            lambda a: tf.TensorSpec([None] + list(a.shape[1:]), tf.as_dtype(a.dtype)), self._data
+            lambda a: structure.spec_with_shape(a, [None] + structure.leaf_shape(a)[1:]),
+            self._data,
         )
 
     @property
@@ -209,7 +252,7 @@ class ArrayAdapter(DataAdapter):
         64 KB) and splitting them with `unbatch` halves the pipeline's CPU per
         batch there. Large batches gain nothing (the copy in `unbatch` costs more).
         """
-        if self._static is not None:
+        if self._static is not None or self._composite:
             return 1
         row_bytes = sum(
             tf.as_dtype(a.dtype).size * int(np.prod([d or 1 for d in list(a.shape)[1:]]))
@@ -266,14 +309,18 @@ class ArrayAdapter(DataAdapter):
         each host reads only the rows of its own batches.
         """
         if self._in_graph:
+            leaves = tf.nest.flatten(self._data)
 
             @_plain
-            def gather_tensors(idx, arrays):
+            def gather_tensors(idx, forms):
                 rows = tf.maximum(idx, 0)
-                batch = tf.nest.map_structure(lambda a: tf.gather(a, rows, axis=0), arrays)
+                flat = [_gather_rows(leaf, form, rows) for leaf, form in zip(leaves, forms)]
+                batch = tf.nest.pack_sequence_as(self._data, flat)
                 return self._finish_batch(batch, idx, batch_size)
 
-            data = tf.data.Dataset.from_tensors(self._tensors()).repeat()
+            if self._row_forms is None:  # once per adapter (a sparse leaf is regrouped)
+                self._row_forms = tuple(_row_form(t) for t in tf.nest.flatten(self._tensors()))
+            data = tf.data.Dataset.from_tensors(self._row_forms).repeat()
             return tf.data.Dataset.zip((indices, data)).map(
                 gather_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
             )
@@ -341,7 +388,12 @@ class ArrayAdapter(DataAdapter):
     def get_dataset(self, *, repeat: bool = False, first_epoch: int = 0) -> tf.data.Dataset:
         if self._class_weight is not None and self._static == "pad":
             raise ValueError("`class_weight` applies to training only, not to padded evaluation.")
-        if self._in_graph and self._shuffle is False and self._static is None:
+        if (
+            self._in_graph
+            and self._shuffle is False
+            and self._static is None
+            and not self._composite  # reshaped into batches: dense leaves only
+        ):
             dataset = self._in_order_batches()
             if repeat:
                 dataset = dataset.repeat()  # every epoch is the same order
@@ -475,6 +527,8 @@ def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tupl
         )
 
     def take(lo, hi):
-        return tf.nest.map_structure(lambda a: None if a is None else a[lo:hi], arrays)
+        return tf.nest.map_structure(
+            lambda a: None if a is None else structure.slice_rows(a, lo, hi), arrays
+        )
 
     return take(0, split_at), take(split_at, n)

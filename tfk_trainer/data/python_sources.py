@@ -47,6 +47,8 @@ def _normalize(element: Any, source: str) -> tuple:
     def leaf(value):
         if isinstance(value, (tf.Tensor, tf.Variable)):
             return value.numpy()
+        # Ragged and sparse tensors stay as they are, SciPy matrices become sparse
+        # tensors (as in Keras): `from_generator` takes composite specs.
         return structure.to_array(value, source)
 
     return tf.nest.map_structure(leaf, packed)
@@ -54,7 +56,7 @@ def _normalize(element: Any, source: str) -> tuple:
 
 def _relaxed_spec(batch: tuple) -> tuple:
     return tf.nest.map_structure(
-        lambda a: tf.TensorSpec([None] * np.ndim(a), tf.as_dtype(np.asarray(a).dtype)), batch
+        lambda a: structure.spec_with_shape(a, [None] * structure.leaf_rank(a)), batch
     )
 
 
@@ -62,7 +64,7 @@ def _fits(spec: tuple, batch: tuple) -> bool:
     """Whether every leaf of `batch` has the non-batch dims that `spec` fixes."""
     for s, a in zip(tf.nest.flatten(spec), tf.nest.flatten(batch)):
         dims = s.shape.as_list()[1:]
-        if any(d is not None and d != n for d, n in zip(dims, np.shape(a)[1:])):
+        if any(d is not None and d != n for d, n in zip(dims, structure.leaf_shape(a)[1:])):
             return False
     return True
 
@@ -72,8 +74,10 @@ def _relax(spec: tuple, batch: tuple) -> tuple:
 
     def relax(s, a):
         dims = s.shape.as_list()
-        shape = [dims[0]] + [d if d == n else None for d, n in zip(dims[1:], np.shape(a)[1:])]
-        return tf.TensorSpec(shape, s.dtype)
+        shape = [dims[0]] + [
+            d if d == n else None for d, n in zip(dims[1:], structure.leaf_shape(a)[1:])
+        ]
+        return structure.spec_with_shape(s, shape)
 
     return tf.nest.map_structure(relax, spec, batch)
 
@@ -88,9 +92,22 @@ class _SpecChange(Exception):  # noqa: N818 - a signal inside the producer, neve
 
 def _concrete_spec(batch: tuple) -> tuple:
     return tf.nest.map_structure(
-        lambda a: tf.TensorSpec([None] + list(np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)),
-        batch,
+        lambda a: structure.spec_with_shape(a, [None] + structure.leaf_shape(a)[1:]), batch
     )
+
+
+def _kind(leaf: Any) -> str:
+    """The NumPy kind of a leaf's dtype ("f", "i", "S", ...), dense or composite."""
+    if not structure.is_composite(leaf):
+        return np.asarray(leaf).dtype.kind
+    return "S" if leaf.dtype == tf.string else np.dtype(leaf.dtype.as_numpy_dtype).kind
+
+
+def _cast_like(leaf: Any, first: Any) -> Any:
+    """A later batch's leaf in the first batch's dtype (the spec's)."""
+    if structure.is_composite(leaf):
+        return leaf if leaf.dtype == first.dtype else tf.cast(leaf, first.dtype)
+    return np.asarray(leaf, dtype=np.asarray(first).dtype)
 
 
 class _PythonSource(DataAdapter):
@@ -151,16 +168,17 @@ class _PythonSource(DataAdapter):
                 "have the same structure of x, y and sample_weight."
             ) from e
         for a, b in zip(tf.nest.flatten(batch), tf.nest.flatten(self._first)):
-            if np.ndim(a) != np.ndim(b) or np.asarray(a).dtype.kind != np.asarray(b).dtype.kind:
+            if (
+                structure.leaf_rank(a) != structure.leaf_rank(b)
+                or _kind(a) != _kind(b)
+                or type(a) is not type(b)
+                and (structure.is_composite(a) or structure.is_composite(b))
+            ):
                 raise ValueError(
                     f"`{self._source}` yielded a batch whose arrays differ in rank or kind from "
                     f"the first batch: {_describe(batch)} vs {_describe(self._first)}."
                 )
-        batch = tuple(
-            tf.nest.map_structure(
-                lambda a, s: np.asarray(a, dtype=np.asarray(s).dtype), batch, self._first
-            )
-        )
+        batch = tuple(tf.nest.map_structure(_cast_like, batch, self._first))
         if not _fits(self._spec, batch):
             self._spec = _relax(self._spec, batch)
             raise _SpecChange(batch)
@@ -203,7 +221,13 @@ class _PythonSource(DataAdapter):
 
 
 def _describe(batch: tuple) -> str:
-    return str(tf.nest.map_structure(lambda a: f"{np.asarray(a).dtype}{list(np.shape(a))}", batch))
+    def describe(a):
+        if not structure.is_composite(a):
+            return f"{np.asarray(a).dtype}{list(np.shape(a))}"
+        kind = "ragged" if isinstance(a, tf.RaggedTensor) else "sparse"
+        return f"{kind} {a.dtype.name}{a.shape.as_list()}"
+
+    return str(tf.nest.map_structure(describe, batch))
 
 
 class GeneratorAdapter(_PythonSource):

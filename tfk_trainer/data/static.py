@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tfk_trainer.data.base import DataAdapter, Transform
-from tfk_trainer.data.structure import PaddedBatch, set_batch_dim
+from tfk_trainer.data.structure import PaddedBatch, batch_rows, leaf_shape, set_batch_dim
 
 MODES = ("drop", "wrap", "pad")
 
@@ -35,12 +34,19 @@ def check_mode(mode: Any, argument: str = "static_remainder") -> str:
 
 def pad_batch(batch: tuple, batch_size: int) -> PaddedBatch:
     """Pads every leaf of a batch to `batch_size` rows and marks the real ones."""
-    n = tf.shape(tf.nest.flatten(batch)[0])[0]
+    n = batch_rows(tf.nest.flatten(batch)[0])
     tf.debugging.assert_less_equal(
         n, batch_size, message=f"A batch is larger than the static batch size {batch_size}."
     )
 
     def pad(t):
+        if isinstance(t, tf.SparseTensor):  # empty rows: only the dense shape grows
+            shape = tf.concat([tf.constant([batch_size], tf.int64), t.dense_shape[1:]], 0)
+            return tf.SparseTensor(t.indices, t.values, shape)
+        if isinstance(t, tf.RaggedTensor):  # empty rows: the last row split repeated
+            splits = t.row_splits
+            extra = tf.fill([batch_size - n], splits[-1])
+            return tf.RaggedTensor.from_row_splits(t.values, tf.concat([splits, extra], 0))
         paddings = [[0, batch_size - n]] + [[0, 0]] * (t.shape.rank - 1)
         return tf.pad(t, paddings)
 
@@ -142,7 +148,7 @@ class StaticShapeAdapter(DataAdapter):
         size = self._batch_size
         if self._mode == "drop":
             if not self._all_full:
-                dataset = dataset.filter(lambda *b: tf.shape(tf.nest.flatten(b)[0])[0] == size)
+                dataset = dataset.filter(lambda *b: batch_rows(tf.nest.flatten(b)[0]) == size)
             return dataset.map(lambda *b: set_batch_dim(b, size))
         return dataset.map(lambda *b: pad_batch(b, size))
 
@@ -189,11 +195,11 @@ def _first_batch_size(adapter: DataAdapter) -> int:
         return int(adapter.batch_size)
     first = adapter.first_batch
     if first is not None:
-        return int(np.shape(tf.nest.flatten(first)[0])[0])
+        return int(leaf_shape(tf.nest.flatten(first)[0])[0])
     spec = adapter.element_spec
     dim = tf.nest.flatten(spec)[0].shape[0]
     if dim is not None:
         return int(dim)
     for batch in adapter.get_dataset().take(1):
-        return int(tf.shape(tf.nest.flatten(batch)[0])[0])
+        return int(batch_rows(tf.nest.flatten(batch)[0]))
     raise ValueError("Static-shape mode could not find the batch size: the data is empty.")

@@ -69,9 +69,101 @@ def pack_x_y_sample_weight(x: Any, y: Any = None, sample_weight: Any = None) -> 
     return (x, y, sample_weight)
 
 
+def is_composite(value: Any) -> bool:
+    """A `tf.RaggedTensor` or `tf.SparseTensor`: kept as it is, never densified."""
+    return isinstance(value, (tf.RaggedTensor, tf.SparseTensor))
+
+
+def is_composite_spec(spec: Any) -> bool:
+    """The spec of a composite leaf (`RaggedTensorSpec`, `SparseTensorSpec`)."""
+    return isinstance(spec, (tf.RaggedTensorSpec, tf.SparseTensorSpec))
+
+
+def has_composite(value: Any) -> bool:
+    """Whether any leaf of a structure of tensors, arrays or specs is composite."""
+    return any(is_composite(v) or is_composite_spec(v) for v in tf.nest.flatten(value))
+
+
+def is_scipy_sparse(value: Any) -> bool:
+    """A SciPy sparse matrix or array (checked by module: SciPy is never imported)."""
+    return type(value).__module__.startswith("scipy.sparse") and hasattr(value, "tocoo")
+
+
+def scipy_to_sparse(value: Any) -> tf.SparseTensor:
+    """A SciPy sparse matrix as a `tf.SparseTensor` in canonical (row-major) order.
+
+    Keras keeps SciPy inputs sparse (`scipy_sparse_to_tf_sparse`); densifying a
+    bag-of-words matrix could need gigabytes, so the engine keeps it sparse too.
+    """
+    coo = value.tocoo()
+    indices = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
+    sparse = tf.SparseTensor(indices, coo.data, [int(d) for d in coo.shape])
+    return tf.sparse.reorder(sparse)
+
+
+def leaf_rank(value: Any) -> int:
+    """The rank of an array, tensor or composite leaf."""
+    if is_composite(value):
+        return int(value.shape.rank)
+    return int(np.ndim(value))
+
+
+def leaf_shape(value: Any) -> list:
+    """A leaf's dims (None for a ragged dimension)."""
+    if is_composite(value) or isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.shape.as_list()
+    if isinstance(value, np.ndarray):
+        return list(value.shape)
+    return list(np.shape(value))
+
+
+def leaf_dtype(value: Any) -> tf.DType:
+    """A leaf's dtype as a `tf.DType`."""
+    if is_composite(value) or isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.dtype
+    return tf.as_dtype(np.asarray(value).dtype)
+
+
+def spec_with_shape(like: Any, shape: list) -> Any:
+    """A spec of `like`'s kind (dense, ragged or sparse; `like` a leaf or a spec)
+    and dtype, with the given shape."""
+    if isinstance(like, (tf.RaggedTensor, tf.RaggedTensorSpec)):
+        if isinstance(like, tf.RaggedTensor):
+            splits = like.row_splits.dtype
+        else:
+            splits = like.row_splits_dtype
+        return tf.RaggedTensorSpec(
+            shape, like.dtype, ragged_rank=like.ragged_rank, row_splits_dtype=splits
+        )
+    if isinstance(like, (tf.SparseTensor, tf.SparseTensorSpec)):
+        return tf.SparseTensorSpec(shape, like.dtype)
+    dtype = like.dtype if isinstance(like, tf.TensorSpec) else leaf_dtype(like)
+    return tf.TensorSpec(shape, dtype)
+
+
+def batch_rows(value: Any) -> tf.Tensor:
+    """The (dynamic) number of rows of a batch's leaf, dense or composite."""
+    if isinstance(value, tf.RaggedTensor):
+        return value.nrows(out_type=tf.int32)
+    if isinstance(value, tf.SparseTensor):
+        return tf.cast(value.dense_shape[0], tf.int32)
+    return tf.shape(value)[0]
+
+
+def slice_rows(value: Any, lo: int, hi: int) -> Any:
+    """Rows `[lo, hi)` of an array, tensor, composite tensor or SciPy matrix."""
+    if isinstance(value, tf.SparseTensor):
+        shape = value.shape.as_list()
+        return tf.sparse.slice(value, [lo] + [0] * (len(shape) - 1), [hi - lo] + shape[1:])
+    if is_scipy_sparse(value):
+        return value.tocsr()[lo:hi]
+    return value[lo:hi]
+
+
 def is_array_like(value: Any) -> bool:
-    """True for NumPy arrays, tensors and objects that look like arrays."""
-    if isinstance(value, (np.ndarray, tf.Tensor, tf.Variable)):
+    """True for NumPy arrays, tensors (dense, ragged, sparse), SciPy sparse
+    matrices and objects that look like arrays."""
+    if isinstance(value, (np.ndarray, tf.Tensor, tf.Variable)) or is_composite(value):
         return True
     if isinstance(value, (str, bytes, dict, list, tuple)) or value is None:
         return False
@@ -96,9 +188,13 @@ def to_array(value: Any, argument: str) -> Any:
         if isinstance(value, tf.Variable):
             return tf.convert_to_tensor(value)
         return value
-    if hasattr(value, "toarray") and hasattr(value, "tocoo"):  # SciPy sparse
-        value = value.toarray()
-    elif hasattr(value, "to_numpy"):  # pandas DataFrame / Series
+    if is_composite(value):
+        if value.shape.rank == 0:
+            raise ValueError(f"`{argument}` is a scalar; expected a tensor of samples.")
+        return value
+    if is_scipy_sparse(value):
+        return scipy_to_sparse(value)
+    if hasattr(value, "to_numpy"):  # pandas DataFrame / Series
         value = value.to_numpy()
     array = np.asarray(value)
     if array.dtype == object:
@@ -135,6 +231,8 @@ def to_tensor(value: Any) -> tf.Tensor:
     Small arrays, tensors and dtypes DLPack does not carry (strings) take
     the ordinary path.
     """
+    if is_composite(value):
+        return value
     if (
         not isinstance(value, np.ndarray)
         or value.nbytes < _ONE_COPY_MIN_BYTES
@@ -154,7 +252,7 @@ def to_tensor(value: Any) -> tf.Tensor:
 
 def num_samples(value: Any) -> int:
     first = tf.nest.flatten(value)[0]
-    return int(first.shape[0])
+    return int(leaf_shape(first)[0])
 
 
 def check_consistent_lengths(named: dict[str, Any]) -> int:
@@ -165,9 +263,12 @@ def check_consistent_lengths(named: dict[str, Any]) -> int:
             continue
         paths = _leaf_paths(value, argument)
         for path, leaf in paths:
-            if leaf.shape is None or len(leaf.shape) == 0:
+            shape = leaf_shape(leaf)
+            if not shape:
                 raise ValueError(f"`{path}` is a scalar; expected an array of samples.")
-            lengths[path] = int(leaf.shape[0])
+            if shape[0] is None:
+                raise ValueError(f"`{path}` has an unknown number of rows (shape {shape}).")
+            lengths[path] = int(shape[0])
     distinct = sorted(set(lengths.values()))
     if len(distinct) > 1:
         detail = ", ".join(f"{p}: {n}" for p, n in lengths.items())
@@ -217,8 +318,16 @@ def split_padding(data: Any) -> tuple[Any, Any]:
 
 
 def set_batch_dim(batch: Any, batch_size: int) -> Any:
-    """Pins the batch dimension of every leaf (static shapes for XLA/TPU)."""
+    """Pins the batch dimension of every dense leaf (static shapes for XLA/TPU).
+
+    Composite leaves (ragged, sparse) keep their shapes: XLA cannot take them,
+    and their batch dimension lives in their row partition or dense shape.
+    """
     return tf.nest.map_structure(
-        lambda t: tf.ensure_shape(t, [batch_size] + t.shape.as_list()[1:]) if t.shape.rank else t,
+        lambda t: (
+            tf.ensure_shape(t, [batch_size] + t.shape.as_list()[1:])
+            if t.shape.rank and not is_composite(t)
+            else t
+        ),
         batch,
     )

@@ -230,16 +230,22 @@ def compute_loss_takes_training(cls: type) -> bool:
     return accepts_training(getattr(cls, "compute_loss", None))
 
 
-def zeros_for(spec: tf.TensorSpec) -> tf.Tensor:
-    """A one-batch dummy for `spec` (unknown dims as 1)."""
+def zeros_for(spec: tf.TensorSpec) -> Any:
+    """A one-batch dummy for `spec` (unknown dims as 1): a tensor, or a ragged or
+    sparse tensor (all zeros, ragged dims of length 1) for a composite spec."""
     shape = (
         [1 if d is None else d for d in spec.shape.as_list()]
         if spec.shape.rank is not None
         else [1]
     )
-    if spec.dtype == tf.string:
-        return tf.fill(shape, "")
-    return tf.zeros(shape, spec.dtype)
+    dense = tf.fill(shape, "") if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)
+    if isinstance(spec, tf.RaggedTensorSpec):
+        return tf.RaggedTensor.from_tensor(
+            dense, ragged_rank=spec.ragged_rank, row_splits_dtype=spec.row_splits_dtype
+        )
+    if isinstance(spec, tf.SparseTensorSpec):
+        return tf.sparse.from_dense(dense)
+    return dense
 
 
 def build_network(model: Any, x_spec: Any) -> None:
@@ -255,6 +261,8 @@ def build_network(model: Any, x_spec: Any) -> None:
     if state.compile_config is None:
         state.strategy = tf.distribute.get_strategy()
         state.jit = execution.resolve_jit_compile("auto", state.strategy, model.run_eagerly)
+    if state.jit and execution.composite_inputs_disable_xla(state.compile_config, x_spec):
+        state.jit = False
     if model._calls_nothing():
         # A subclass with its own train_step and no forward pass (Keras's GAN
         # guide): nothing to call; its sub-models were built by the user.

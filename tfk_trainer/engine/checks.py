@@ -32,10 +32,16 @@ from tfk_trainer.engine import execution
 
 
 def describe_spec(spec: Any) -> str:
-    """`(None, 5)` for one tensor; the structure of shapes for nested inputs."""
+    """`(None, 5)` for one tensor; the structure of shapes for nested inputs;
+    ragged and sparse leaves say so (`ragged (None, None)`)."""
 
     def shape(s: Any) -> Any:
-        return tuple(s.shape) if s.shape.rank is not None else "unknown rank"
+        dims = tuple(s.shape) if s.shape.rank is not None else "unknown rank"
+        if isinstance(s, tf.RaggedTensorSpec):
+            return f"ragged {dims}"
+        if isinstance(s, tf.SparseTensorSpec):
+            return f"sparse {dims}"
+        return dims
 
     return str(tf.nest.map_structure(shape, spec))
 

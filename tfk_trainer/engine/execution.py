@@ -88,7 +88,18 @@ def resolve_jit_compile(
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def composite_inputs_disable_xla(config: Any, x_spec: Any) -> bool:
+    """Whether `jit_compile="auto"` turns XLA off for these inputs: XLA cannot
+    take `tf.RaggedTensor` or `tf.SparseTensor` arguments (Keras's "auto" falls
+    back the same way). An explicit `jit_compile=True` is left to XLA."""
+    auto = config is None or config.jit_compile == "auto"
+    composite = (tf.RaggedTensorSpec, tf.SparseTensorSpec)
+    return auto and any(isinstance(s, composite) for s in tf.nest.flatten(x_spec))
+
+
 _LIBRARIES = ("keras", "tf_keras", "tensorflow")
+
+
 # The engine's step code (the Model's steps and loss arithmetic, compile's loss
 # wrapper); other tfk_trainer modules (the binary's models) count as user code.
 def _engine_module(module: str) -> bool:

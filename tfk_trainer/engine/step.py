@@ -37,8 +37,13 @@ def all_reduce_sum(value: tf.Tensor) -> tf.Tensor:
 
 
 def batch_size_of(x: Any) -> tf.Tensor:
-    """The local batch size (dynamic), from the first leaf of `x`."""
-    return tf.shape(tf.nest.flatten(x)[0])[0]
+    """The local batch size (dynamic), from the first leaf of `x` (dense, ragged or sparse)."""
+    first = tf.nest.flatten(x)[0]
+    if isinstance(first, tf.RaggedTensor):
+        return first.nrows(out_type=tf.int32)
+    if isinstance(first, tf.SparseTensor):
+        return tf.cast(first.dense_shape[0], tf.int32)
+    return tf.shape(first)[0]
 
 
 def same_rank(x1: tf.Tensor, x2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

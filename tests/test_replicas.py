@@ -1,0 +1,135 @@
+"""Replicas agree: one gradient sum per step, before loss scaling and clipping;
+XLA where replicas are GPUs; one execution length under multi-worker.
+
+Issue 18 items 1, 6, 7 and 8 (TPU items 4, 5, 10 are in test_tpu_flow.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import portpicker
+import pytest
+import tensorflow as tf
+from conftest import mirrored
+from tolerances import ATOL_MULTI
+
+import tfk_trainer as tfk
+from tfk_trainer import distribute
+from tfk_trainer.engine import execution
+from tfk_trainer.engine.tuning import ExecutionLengths, StepsPerExecutionTuner
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "auto_steps_fit.py")
+CLIPS = [{}, {"global_clipnorm": 1.0}, {"clipnorm": 0.5}, {"clipvalue": 0.1}]
+
+
+def _data(n=8, d=4):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.normal(size=(n, 1)).astype("float32")
+    return x, y
+
+
+def _regressor(strategy, optimizer, d=4):
+    with strategy.scope():
+        keras.utils.set_random_seed(11)
+        net = keras.Sequential([keras.Input((d,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+        model = tfk.Model(net)
+        model.compile(optimizer, loss="mse")
+    return model
+
+
+def _replica_values(strategy, variable):
+    return [t.numpy() for t in strategy.experimental_local_results(variable.value)]
+
+
+# -- 1: mixed precision: the finite check sees the summed gradients -----------------------
+
+
+def _mixed_run(strategy, clip):
+    keras.config.set_dtype_policy("mixed_float16")
+    with strategy.scope():
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.01, **clip), initial_scale=2.0**10
+        )
+    model = _regressor(strategy, optimizer)
+    x, y = _data()
+    model.train_on_batch(x, y)
+    before = model.get_weights()
+    scale = float(model.optimizer.dynamic_scale.numpy())
+    overflow = y.copy()
+    overflow[4:] = 1e6  # the second replica's rows: their float16 gradients overflow
+    model.train_on_batch(x, overflow)
+    skipped = model.get_weights()
+    halved = float(model.optimizer.dynamic_scale.numpy())
+    model.train_on_batch(x, y)
+    return model, before, skipped, scale, halved
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: next(iter(c), "none"))
+def test_mixed_float16_overflow_on_one_replica_skips_the_step_everywhere(clip):
+    two = mirrored(2)
+    model, before, skipped, scale, halved = _mixed_run(two, clip)
+    one, before1, skipped1, scale1, halved1 = _mixed_run(tf.distribute.get_strategy(), clip)
+    assert scale == scale1 == 2.0**10
+    # Every replica skipped the step: weights unchanged, the scale halved once.
+    for b, s in zip(before, skipped):
+        np.testing.assert_array_equal(s, b)
+    assert halved == halved1 == scale / 2
+    # Replicas hold the same finite weights, equal to one device's.
+    for variable in model.trainable_variables:
+        values = _replica_values(two, variable)
+        assert all(np.isfinite(v).all() for v in values)
+        for other in values[1:]:
+            np.testing.assert_array_equal(other, values[0])
+    for a, b in zip(model.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_MULTI)
+    assert float(model.optimizer.dynamic_scale.numpy()) == float(
+        one.optimizer.dynamic_scale.numpy()
+    )
+
+
+# -- 7: one all-reduce of the gradients per step -------------------------------------------
+
+
+class _CountAllReduce:
+    """Records the element count of every replica-context all-reduce while tracing."""
+
+    def __init__(self, monkeypatch):
+        self.sizes = []
+        original = tf.distribute.ReplicaContext.all_reduce
+
+        def all_reduce(ctx, reduce_op, value, options=None):
+            leaves = tf.nest.flatten(value)
+            self.sizes.append(sum(int(np.prod(t.shape)) for t in leaves))
+            return original(ctx, reduce_op, value, options)
+
+        monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", all_reduce)
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: next(iter(c), "none"))
+def test_one_gradient_all_reduce_per_step(clip, monkeypatch):
+    strategy = mirrored(2)
+    model = _regressor(strategy, keras.optimizers.SGD(0.1, **clip))
+    params = sum(int(np.prod(w.shape)) for w in model.get_weights())
+    counter = _CountAllReduce(monkeypatch)
+    x, y = _data(32)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    gradient_sums = [s for s in counter.sizes if s == params]
+    loss_sums = [s for s in counter.sizes if s == 2]  # the loss's count and batch, per replica
+    assert loss_sums and len(gradient_sums) == len(loss_sums), counter.sizes
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: next(iter(c), "none"))
+def test_clipping_under_two_replicas_equals_one_device(clip):
+    x, y = _data(32)
+    one = _regressor(tf.distribute.get_strategy(), keras.optimizers.SGD(0.1, **clip))
+    two = _regressor(mirrored(2), keras.optimizers.SGD(0.1, **clip))
+    h1 = one.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    h2 = two.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h2.history["loss"], h1.history["loss"], rtol=0, atol=ATOL_MULTI)
+    for a, b in zip(two.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_MULTI)

@@ -133,3 +133,45 @@ def test_clipping_under_two_replicas_equals_one_device(clip):
     np.testing.assert_allclose(h2.history["loss"], h1.history["loss"], rtol=0, atol=ATOL_MULTI)
     for a, b in zip(two.get_weights(), one.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=ATOL_MULTI)
+
+
+# -- 6: XLA on GPU replicas, not on CPU replicas ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "devices, expected",
+    [
+        (["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1"], True),
+        (["/gpu:0", "/gpu:1", "/gpu:2", "/gpu:3"], True),
+        (["/job:worker/replica:0/task:1/device:GPU:0"], True),
+        (["/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:1"], False),
+        (["/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:GPU:0"], False),
+        (["/cpu:0"], False),
+        ([], False),
+    ],
+)
+def test_xla_replica_devices_is_gpus_only(devices, expected):
+    assert distribute.xla_replica_devices(devices) is expected
+
+
+def test_device_kind_reads_every_spelling():
+    assert distribute.device_kind("/job:worker/replica:0/task:3/device:GPU:7") == "GPU"
+    assert distribute.device_kind("/gpu:0") == "GPU"
+    assert distribute.device_kind("/device:CPU:0") == "CPU"
+    assert distribute.device_kind("/job:worker/replica:0/task:0/device:TPU:1") == "TPU"
+
+
+def test_auto_xla_is_off_on_cpu_replicas_and_on_for_gpu_replicas(monkeypatch):
+    strategy = mirrored(2)
+    assert distribute.cpu_replicas(strategy)
+    assert not distribute.xla_replicas(strategy)
+    assert execution.resolve_jit_compile("auto", strategy, False) is False
+    with pytest.raises(ValueError, match="jit_compile=True"):
+        execution.resolve_jit_compile(True, strategy, False)
+    gpus = ("/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1")
+    monkeypatch.setattr(distribute, "replica_devices", lambda s=None: gpus)
+    assert distribute.xla_replicas(strategy)
+    assert execution.resolve_jit_compile("auto", strategy, False) is True
+    assert execution.resolve_jit_compile(True, strategy, False) is True
+    assert execution.resolve_jit_compile(False, strategy, False) is False
+    assert execution.resolve_jit_compile("auto", strategy, True) is False  # run_eagerly

@@ -287,6 +287,38 @@ def cpu_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
     return all("CPU" in d.upper() for d in replica_devices(strategy))
 
 
+def device_kind(device: str) -> str:
+    """"GPU", "TPU", "CPU" (or another type) from a device string such as
+    "/job:worker/replica:0/task:1/device:GPU:0" or "/gpu:0"."""
+    last = device.rstrip("/").split("/")[-1]
+    if last.lower().startswith("device:"):
+        last = last[len("device:") :]
+    return last.split(":")[0].upper()
+
+
+def xla_replica_devices(devices: Sequence[str]) -> bool:
+    """True when a multi-replica step on `devices` can be XLA-compiled: every
+    one is a GPU (or TPU). XLA cannot reach replica variables on other
+    logical CPU devices, so CPU replicas (and mixed CPU/GPU lists) stay off.
+
+    Args:
+        devices: This worker's replica devices (`replica_devices`).
+    """
+    return bool(devices) and all(device_kind(d) in ("GPU", "TPU") for d in devices)
+
+
+def xla_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True when `jit_compile="auto"` compiles a multi-replica step with XLA:
+    TPU strategies, and Mirrored/MultiWorkerMirrored over GPUs (as Keras 3
+    compiles them); not on CPU replicas.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    strategy = _in_scope(strategy)
+    return is_tpu(strategy) or xla_replica_devices(replica_devices(strategy))
+
+
 def per_host_input(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True when each worker (host) should build its own input pipeline.
 

@@ -141,11 +141,29 @@ def test_clipping_under_two_replicas_equals_one_device(clip):
 @pytest.mark.parametrize(
     "devices, expected",
     [
-        (["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1"], True),
+        (
+            [
+                "/job:localhost/replica:0/task:0/device:GPU:0",
+                "/job:localhost/replica:0/task:0/device:GPU:1",
+            ],
+            True,
+        ),
         (["/gpu:0", "/gpu:1", "/gpu:2", "/gpu:3"], True),
         (["/job:worker/replica:0/task:1/device:GPU:0"], True),
-        (["/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:1"], False),
-        (["/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:GPU:0"], False),
+        (
+            [
+                "/job:localhost/replica:0/task:0/device:CPU:0",
+                "/job:localhost/replica:0/task:0/device:CPU:1",
+            ],
+            False,
+        ),
+        (
+            [
+                "/job:localhost/replica:0/task:0/device:CPU:0",
+                "/job:localhost/replica:0/task:0/device:GPU:0",
+            ],
+            False,
+        ),
         (["/cpu:0"], False),
         ([], False),
     ],
@@ -168,10 +186,76 @@ def test_auto_xla_is_off_on_cpu_replicas_and_on_for_gpu_replicas(monkeypatch):
     assert execution.resolve_jit_compile("auto", strategy, False) is False
     with pytest.raises(ValueError, match="jit_compile=True"):
         execution.resolve_jit_compile(True, strategy, False)
-    gpus = ("/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1")
+    gpus = (
+        "/job:localhost/replica:0/task:0/device:GPU:0",
+        "/job:localhost/replica:0/task:0/device:GPU:1",
+    )
     monkeypatch.setattr(distribute, "replica_devices", lambda s=None: gpus)
     assert distribute.xla_replicas(strategy)
     assert execution.resolve_jit_compile("auto", strategy, False) is True
     assert execution.resolve_jit_compile(True, strategy, False) is True
     assert execution.resolve_jit_compile(False, strategy, False) is False
     assert execution.resolve_jit_compile("auto", strategy, True) is False  # run_eagerly
+
+
+# -- 8: steps_per_execution="auto": the chief decides for every worker ---------------------
+
+
+def test_tuner_takes_the_agreed_value():
+    asked = []
+
+    def agree(value):
+        asked.append(value)
+        return 7
+
+    tuner = StepsPerExecutionTuner(target_seconds=1.0, probes=2, agree=agree)
+    for _ in range(3):
+        tuner.observe(1, 0.5)
+    assert tuner.tuned and tuner.current == 7 and asked == [2]
+    lengths = ExecutionLengths("auto", agree=agree)
+    assert lengths.tuner("train", observed=True).agree is agree
+
+
+def test_broadcast_from_chief_is_the_value_itself_off_multi_worker():
+    assert distribute.broadcast_from_chief(5, mirrored(2)) == 5
+    assert distribute.chief_decides(mirrored(2)) is None
+
+
+@pytest.mark.timeout(400)
+def test_two_workers_use_the_chiefs_tuned_execution_length(tmp_path):
+    ports = [portpicker.pick_unused_port() for _ in range(2)]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for index in range(2):
+            env = dict(os.environ)
+            env["TF_CONFIG"] = json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            )
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            log = open(tmp_path / f"worker_{index}.log", "w")  # noqa: SIM115 - closed below
+            proc = subprocess.Popen(
+                [sys.executable, WORKER, str(tmp_path)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append((proc, log))
+        for proc, log in procs:
+            proc.wait(timeout=240)
+            log.close()
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for index, (proc, _) in enumerate(procs):
+        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+    chief, other = (json.loads((tmp_path / f"auto_{i}.json").read_text()) for i in range(2))
+    # Worker 1 alone would have tuned to 1 step; it uses the chief's value.
+    assert chief["tuned"] == other["tuned"]
+    assert chief["tuned"]["train"] > 1
+    assert chief["train"] == other["train"] and chief["test"] == other["test"]
+    steps = 256 // 8
+    # First execution (tracing) and three probes of one step, then the rest at once.
+    assert chief["train"][:5] == [0, 1, 2, 3, steps - 1]
+    np.testing.assert_allclose(chief["weights"][0], other["weights"][0], rtol=0, atol=0)

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlparse
 
 import tensorflow as tf
@@ -288,7 +288,7 @@ def cpu_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
 
 
 def device_kind(device: str) -> str:
-    """"GPU", "TPU", "CPU" (or another type) from a device string such as
+    """ "GPU", "TPU", "CPU" (or another type) from a device string such as
     "/job:worker/replica:0/task:1/device:GPU:0" or "/gpu:0"."""
     last = device.rstrip("/").split("/")[-1]
     if last.lower().startswith("device:"):
@@ -317,6 +317,52 @@ def xla_replicas(strategy: tf.distribute.Strategy | None = None) -> bool:
     """
     strategy = _in_scope(strategy)
     return is_tpu(strategy) or xla_replica_devices(replica_devices(strategy))
+
+
+def broadcast_from_chief(value: int, strategy: tf.distribute.Strategy | None = None) -> int:
+    """The chief's `value` on every worker (`value` itself off multi-worker).
+
+    A collective: every worker must call it at the same point, each with its
+    own value; the chief's (the worker holding replica 0) is returned. Used
+    where workers decide from their own measurements but must act the same
+    (`steps_per_execution="auto"`).
+
+    Args:
+        value: This worker's value (a non-negative int below 2**24).
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    strategy = _in_scope(strategy)
+    if not is_multi_worker(strategy):
+        return int(value)
+    mine = tf.constant(float(value), tf.float32)
+
+    @tf.function(autograph=False)
+    def broadcast() -> tf.Tensor:
+        def replica() -> tf.Tensor:
+            ctx = tf.distribute.get_replica_context()
+            first = tf.equal(ctx.replica_id_in_sync_group, 0)
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, mine, 0.0))
+
+        return strategy.run(replica)
+
+    with strategy.scope():
+        out = strategy.experimental_local_results(broadcast())[0]
+    return int(round(float(out)))
+
+
+def chief_decides(
+    strategy: tf.distribute.Strategy | None = None,
+) -> Callable[[int], int] | None:
+    """`broadcast_from_chief` bound to `strategy` under multi-worker, else None
+    (each process decides alone).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    strategy = _in_scope(strategy)
+    if not is_multi_worker(strategy):
+        return None
+    return lambda value: broadcast_from_chief(value, strategy)
 
 
 def per_host_input(strategy: tf.distribute.Strategy | None = None) -> bool:

@@ -92,6 +92,8 @@ def resolve_jit_compile(
 
 
 _LIBRARIES = ("keras", "tf_keras", "tensorflow")
+
+
 # The engine's step code (the Model's steps and loss arithmetic, compile's loss
 # wrapper); other tfk_trainer modules (the binary's models) count as user code.
 def _engine_module(module: str) -> bool:

@@ -158,10 +158,67 @@ def check_reachable(address: str, timeout: float) -> None:
         ) from e
 
 
+# Set on every host of a Cloud TPU VM slice by its runtime (libtpu reads them too):
+# the slice's host names, this host's index, and the accelerator type.
+_TPU_HOSTNAMES_ENV = "TPU_WORKER_HOSTNAMES"
+_TPU_WORKER_ID_ENV = "TPU_WORKER_ID"
+_TPU_TYPE_ENV = "TPU_ACCELERATOR_TYPE"
+
+
+def tpu_slice_hosts(environ: dict | None = None) -> int:
+    """How many hosts the TPU VM slice this process runs on has (1 when no slice
+    environment says otherwise).
+
+    `TPUClusterResolver("local")` counts only this host's chips
+    (`num_accelerators()` lists the local TPU devices), so a multi-host slice
+    cannot be recognised from the resolver; the TPU VM runtime's environment
+    (`TPU_WORKER_HOSTNAMES`, `TPU_WORKER_ID`) says it.
+
+    Args:
+        environ: The environment to read; `None`: `os.environ`.
+    """
+    environ = os.environ if environ is None else environ
+    names = [h for h in environ.get(_TPU_HOSTNAMES_ENV, "").split(",") if h.strip()]
+    worker_id = environ.get(_TPU_WORKER_ID_ENV, "").strip()
+    hosts = len(names)
+    if worker_id.isdigit():
+        hosts = max(hosts, int(worker_id) + 1)
+    return max(hosts, 1)
+
+
+def check_local_tpu(environ: dict | None = None) -> None:
+    """Refuses `tpu="local"` on a multi-host slice (a pod slice such as v4-32).
+
+    TPUStrategy has a single client. With "local" on a multi-host slice each
+    host would train alone on its own chips: N independent runs writing the
+    same model directory, not one run on the slice.
+
+    Args:
+        environ: The environment to read; `None`: `os.environ`.
+
+    Raises:
+        RuntimeError: The slice has several hosts.
+    """
+    environ = os.environ if environ is None else environ
+    hosts = tpu_slice_hosts(environ)
+    if hosts <= 1:
+        return
+    kind = environ.get(_TPU_TYPE_ENV, "").strip() or "this TPU slice"
+    raise RuntimeError(
+        f"tpu='local' cannot train on a multi-host TPU slice ({kind} has {hosts} hosts, "
+        f"{_TPU_HOSTNAMES_ENV}={environ.get(_TPU_HOSTNAMES_ENV, '')!r}): TPUClusterResolver('local') "
+        "sees only this host's chips. Run ONE client process with the TPU's name, "
+        "e.g. --strategy=tpu --tpu=NAME (tfk.distribute.resolve('tpu', tpu='NAME', "
+        "tpu_zone=..., tpu_project=...)); the slice's hosts serve as its input workers. "
+        "See docs/distributed.md, 'A TPU pod slice'."
+    )
+
+
 def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
     resolver_cls = tf.distribute.cluster_resolver.TPUClusterResolver
     try:
         if tpu == "local":
+            check_local_tpu()
             resolver = resolver_cls(tpu="local")
         else:
             if tpu.startswith("grpc://"):
@@ -173,7 +230,9 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
                 f"Resolving the TPU name {tpu!r} needs the Cloud TPU client: "
                 "pip install 'tfk_trainer[tpu]' (cloud-tpu-client). On a TPU VM use tpu='local'."
             ) from e
-        if isinstance(e, RuntimeError) and "No TPU answers" in str(e):
+        if isinstance(e, RuntimeError) and (
+            "No TPU answers" in str(e) or "multi-host TPU slice" in str(e)
+        ):
             raise
         raise RuntimeError(f"Could not resolve the TPU {tpu!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 - URLError, DefaultCredentialsError, ...
@@ -363,6 +422,92 @@ def chief_decides(
     if not is_multi_worker(strategy):
         return None
     return lambda value: broadcast_from_chief(value, strategy)
+
+
+# Paths a remote TPU host cannot see: they are on (or in the memory of) the client.
+_CLIENT_LOCAL_SCHEMES = ("", "file", "ram")
+_CLIENT_IO_DEVICE = "/job:localhost"
+
+
+def remote_tpu(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True under a TPUStrategy whose TPU is another machine (a TPU name or a
+    grpc:// address, as on a pod slice's client), not this host's chips.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+    """
+    strategy = _in_scope(strategy)
+    if not is_tpu(strategy):
+        return False
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    try:
+        return bool(resolver.master())
+    except (ValueError, RuntimeError):
+        return True  # a named TPU whose address cannot be listed now: still not local
+
+
+def client_local_path(path: str) -> bool:
+    """True for a path only this process's machine can read: a local path,
+    file:// or ram:// (gs:// and other remote file systems are not).
+
+    Args:
+        path: A file or directory path.
+    """
+    scheme = urlparse(str(path)).scheme if "://" in str(path) else ""
+    return scheme.lower() in _CLIENT_LOCAL_SCHEMES
+
+
+def io_device(strategy: tf.distribute.Strategy | None, path: str) -> str | None:
+    """The device that must read and write `path`: "/job:localhost" (this
+    client) for a local path under a remote TPU, whose hosts would otherwise
+    open the path on their own disks; None (TensorFlow's choice) otherwise.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+        path: The checkpoint prefix or SavedModel directory.
+    """
+    if remote_tpu(strategy) and client_local_path(path):
+        return _CLIENT_IO_DEVICE
+    return None
+
+
+def checkpoint_options(
+    strategy: tf.distribute.Strategy | None, path: str
+) -> tf.train.CheckpointOptions:
+    """`tf.train.CheckpointOptions` for writing or reading `path` under `strategy`
+    (`experimental_io_device` set where `io_device` says so).
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+        path: The checkpoint prefix or directory.
+    """
+    return tf.train.CheckpointOptions(experimental_io_device=io_device(strategy, path))
+
+
+def saved_model_save_options(
+    strategy: tf.distribute.Strategy | None, path: str
+) -> tf.saved_model.SaveOptions:
+    """`tf.saved_model.SaveOptions` for exporting to `path` under `strategy`.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+        path: The SavedModel directory.
+    """
+    return tf.saved_model.SaveOptions(experimental_io_device=io_device(strategy, path))
+
+
+def saved_model_load_options(
+    strategy: tf.distribute.Strategy | None, path: str
+) -> tf.saved_model.LoadOptions:
+    """`tf.saved_model.LoadOptions` for loading `path` under `strategy`.
+
+    Args:
+        strategy: The strategy to ask; `None`: the one in scope.
+        path: The SavedModel directory.
+    """
+    return tf.saved_model.LoadOptions(experimental_io_device=io_device(strategy, path))
 
 
 def per_host_input(strategy: tf.distribute.Strategy | None = None) -> bool:

@@ -141,13 +141,12 @@ class BackupAndRestore(Callback):
                     f"(from {paths.basename(prefix)!r})"
                 ),
                 advice=". Use another `backup_dir`, or delete this one to start over.",
+                strategy=model.distribute_strategy,
             )
 
         directory = self.backup_dir
         newest = _state_latest(directory)
-        restored = checkpoint_lib.restore_newest_intact(
-            directory, restore, what="BackupAndRestore"
-        )
+        restored = checkpoint_lib.restore_newest_intact(directory, restore, what="BackupAndRestore")
         if restored is None:
             return
         if restored != newest and distribute.is_chief(model.distribute_strategy):
@@ -191,7 +190,12 @@ class BackupAndRestore(Callback):
         }
         for name, value in values.items():
             self._position_vars[name].assign(value)
-        self._manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
+        self._manager.save(
+            checkpoint_number=int(self.model.optimizer.iterations.numpy()),
+            options=distribute.checkpoint_options(
+                self.model.distribute_strategy, self._manager.directory
+            ),
+        )
         self._last_saved_step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):

@@ -5,7 +5,8 @@
 #   bash tools/gpu_check.sh                 # tests + benchmark (results in $OUT_DIR)
 #   GPU_CHECK_BENCH=0 bash tools/gpu_check.sh   # tests only
 #
-# Without a GPU it says so and exits 2 (nothing here is meaningful on CPUs).
+# Without a GPU it says so and exits 2 (nothing here is meaningful on CPUs; a dry run
+# of tools/gpu_checks.py on two logical CPUs: TFK_GPU_CHECKS_ON_CPU=1 python -m pytest tools/gpu_checks.py).
 # Environment: PYTHON (default .venv/bin/python, else python3), OUT_DIR (default
 # /tmp/tfk_gpu_check), GPU_CHECK_ROUNDS (benchmark rounds, default 3).
 set -uo pipefail

@@ -23,10 +23,15 @@ import tfk_trainer as tfk  # noqa: E402
 from tfk_trainer import distribute  # noqa: E402
 from tfk_trainer.engine import execution  # noqa: E402
 
-_GPUS = tf.config.list_physical_devices("GPU")
+# TFK_GPU_CHECKS_ON_CPU=1: a dry run of these checks on two logical CPUs (the
+# XLA check skipped), to try this file on a machine without a GPU.
+_ON_CPU = os.environ.get("TFK_GPU_CHECKS_ON_CPU") == "1"
+_KIND = "CPU" if _ON_CPU else "GPU"
+_GPUS = tf.config.list_physical_devices(_KIND)
 if len(_GPUS) == 1:
     tf.config.set_logical_device_configuration(
-        _GPUS[0], [tf.config.LogicalDeviceConfiguration(memory_limit=4096)] * 2
+        _GPUS[0],
+        [tf.config.LogicalDeviceConfiguration(**({} if _ON_CPU else {"memory_limit": 4096}))] * 2,
     )
 tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 comparisons
 
@@ -35,8 +40,8 @@ ATOL = 1e-4  # GPU kernels sum in other orders than one device
 
 
 def _mirrored() -> tf.distribute.MirroredStrategy:
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-    if len(_GPUS) == 1:  # two logical GPUs on one device: no NCCL between them
+    devices = [d.name for d in tf.config.list_logical_devices(_KIND)]
+    if len(_GPUS) == 1:  # two logical devices on one: no NCCL between them
         return tf.distribute.MirroredStrategy(
             devices, cross_device_ops=tf.distribute.HierarchicalCopyAllReduce()
         )
@@ -65,6 +70,7 @@ def _model(strategy, jit="auto", optimizer=None, d=16, c=4):
     return model
 
 
+@pytest.mark.skipif(_ON_CPU, reason="XLA auto is off on CPU replicas")
 def test_replicas_are_gpus_and_auto_xla_compiles_them():
     strategy = _mirrored()
     assert distribute.num_replicas(strategy) >= 2
@@ -75,7 +81,7 @@ def test_replicas_are_gpus_and_auto_xla_compiles_them():
 @pytest.mark.parametrize("jit", ["auto", False])
 def test_mirrored_over_every_gpu_equals_one_gpu(jit):
     x, y = _data()
-    one = _model(tf.distribute.OneDeviceStrategy("/gpu:0"), jit)
+    one = _model(tf.distribute.OneDeviceStrategy(f"/{_KIND.lower()}:0"), jit)
     many = _model(_mirrored(), jit)
     h1 = one.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     h2 = many.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)

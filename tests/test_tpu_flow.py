@@ -44,6 +44,14 @@ def test_tpu_slice_hosts_reads_the_tpu_vm_environment(environ, hosts):
     assert distribute.tpu_slice_hosts(environ) == hosts
 
 
+def test_tpu_slice_hosts_reads_the_metadata_endpoints():
+    endpoints = "unknown:unknown:10.0.0.2,unknown:unknown:10.0.0.3,unknown:unknown:10.0.0.4"
+    assert distribute.tpu_slice_hosts({}, endpoints) == 3
+    assert distribute.tpu_slice_hosts({}, "unknown:unknown:10.0.0.2") == 1
+    with pytest.raises(RuntimeError, match="3 hosts"):
+        distribute.check_local_tpu({}, endpoints)
+
+
 class _FakeResolver:
     """Stands in for TPUClusterResolver: records how it was made."""
 
@@ -65,6 +73,8 @@ def fake_tpu(monkeypatch):
     monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", initialized.append)
     monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda resolver: None)
     monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda resolver: ("strategy", resolver))
+    monkeypatch.setattr(distribute, "tpu_attached", lambda: True)
+    monkeypatch.setattr(distribute, "_tpu_vm_endpoints", lambda: None)
     for name in POD_ENV:
         monkeypatch.delenv(name, raising=False)
     return initialized
@@ -80,6 +90,13 @@ def test_local_on_a_multi_host_slice_is_refused_before_touching_the_tpu(fake_tpu
     assert "tpu='NAME'" in message or "--tpu=NAME" in message
     assert "docs/distributed.md" in message
     assert _FakeResolver.made == [] and fake_tpu == []
+
+
+def test_local_is_refused_when_only_the_metadata_says_multi_host(fake_tpu, monkeypatch):
+    monkeypatch.setattr(distribute, "_tpu_vm_endpoints", lambda: "a:b:10.0.0.2,a:b:10.0.0.3")
+    with pytest.raises(RuntimeError, match="2 hosts"):
+        tfk.distribute.resolve("tpu", tpu="local")
+    assert _FakeResolver.made == []
 
 
 def test_local_on_one_host_and_a_name_on_a_pod_resolve(fake_tpu, monkeypatch):

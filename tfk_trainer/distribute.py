@@ -165,17 +165,38 @@ _TPU_WORKER_ID_ENV = "TPU_WORKER_ID"
 _TPU_TYPE_ENV = "TPU_ACCELERATOR_TYPE"
 
 
-def tpu_slice_hosts(environ: dict | None = None) -> int:
-    """How many hosts the TPU VM slice this process runs on has (1 when no slice
-    environment says otherwise).
+_METADATA_ENDPOINTS = (
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
+    "worker-network-endpoints"
+)
+
+
+def _tpu_vm_endpoints(timeout: float = 2.0) -> str | None:
+    """The TPU VM's `worker-network-endpoints` metadata (one entry per host of the
+    slice), or None where there is no metadata server (not a Cloud TPU VM)."""
+    import urllib.request
+
+    request = urllib.request.Request(_METADATA_ENDPOINTS, headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.read().decode("utf-8", errors="replace")
+    except Exception:  # noqa: BLE001 - no metadata server, no attribute: unknown
+        return None
+
+
+def tpu_slice_hosts(environ: dict | None = None, metadata: str | None = None) -> int:
+    """How many hosts the TPU VM slice this process runs on has (1 when nothing
+    says otherwise).
 
     `TPUClusterResolver("local")` counts only this host's chips
     (`num_accelerators()` lists the local TPU devices), so a multi-host slice
     cannot be recognised from the resolver; the TPU VM runtime's environment
-    (`TPU_WORKER_HOSTNAMES`, `TPU_WORKER_ID`) says it.
+    (`TPU_WORKER_HOSTNAMES`, `TPU_WORKER_ID`) or its metadata
+    (`worker-network-endpoints`, one comma-separated entry per host) says it.
 
     Args:
         environ: The environment to read; `None`: `os.environ`.
+        metadata: The `worker-network-endpoints` metadata value, if known.
     """
     environ = os.environ if environ is None else environ
     names = [h for h in environ.get(_TPU_HOSTNAMES_ENV, "").split(",") if h.strip()]
@@ -183,10 +204,12 @@ def tpu_slice_hosts(environ: dict | None = None) -> int:
     hosts = len(names)
     if worker_id.isdigit():
         hosts = max(hosts, int(worker_id) + 1)
+    if metadata:
+        hosts = max(hosts, len([e for e in metadata.split(",") if e.strip()]))
     return max(hosts, 1)
 
 
-def check_local_tpu(environ: dict | None = None) -> None:
+def check_local_tpu(environ: dict | None = None, metadata: str | None = None) -> None:
     """Refuses `tpu="local"` on a multi-host slice (a pod slice such as v4-32).
 
     TPUStrategy has a single client. With "local" on a multi-host slice each
@@ -195,12 +218,13 @@ def check_local_tpu(environ: dict | None = None) -> None:
 
     Args:
         environ: The environment to read; `None`: `os.environ`.
+        metadata: The `worker-network-endpoints` metadata value, if known.
 
     Raises:
         RuntimeError: The slice has several hosts.
     """
     environ = os.environ if environ is None else environ
-    hosts = tpu_slice_hosts(environ)
+    hosts = tpu_slice_hosts(environ, metadata)
     if hosts <= 1:
         return
     kind = environ.get(_TPU_TYPE_ENV, "").strip() or "this TPU slice"
@@ -218,7 +242,11 @@ def _tpu(tpu: str, zone, project, timeout) -> tf.distribute.Strategy:
     resolver_cls = tf.distribute.cluster_resolver.TPUClusterResolver
     try:
         if tpu == "local":
+            # The environment first; the metadata server only on a TPU VM whose
+            # environment does not already say it is a multi-host slice.
             check_local_tpu()
+            if tpu_attached():
+                check_local_tpu(metadata=_tpu_vm_endpoints())
             resolver = resolver_cls(tpu="local")
         else:
             if tpu.startswith("grpc://"):

@@ -123,6 +123,20 @@ def test_one_gradient_all_reduce_per_step(clip, monkeypatch):
     assert loss_sums and len(gradient_sums) == len(loss_sums), counter.sizes
 
 
+@pytest.mark.parametrize("clip", [{}, {"global_clipnorm": 1.0}], ids=["none", "global_clipnorm"])
+def test_one_gradient_all_reduce_per_step_with_loss_scaling(clip, monkeypatch):
+    keras.config.set_dtype_policy("mixed_float16")
+    strategy = mirrored(2)
+    with strategy.scope():
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, **clip))
+    model = _regressor(strategy, optimizer)
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    counter = _CountAllReduce(monkeypatch)
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert [s for s in counter.sizes if s == params] == [params, params], counter.sizes
+
+
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda c: next(iter(c), "none"))
 def test_clipping_under_two_replicas_equals_one_device(clip):
     x, y = _data(32)

@@ -264,3 +264,29 @@ def test_checkpoints_and_exports_ask_for_their_options(monkeypatch):
     assert [p for kind, p in asked if kind == "checkpoint"].count(written) == 2
     model.export("ram://tpu_flow/exported")
     assert any(kind == "saved_model" for kind, _ in asked)
+
+
+def test_backups_and_the_binarys_checkpoints_ask_for_their_options(tmp_path, monkeypatch):
+    from tfk_trainer.train.checkpoints import CheckpointSaver
+
+    asked = []
+
+    def checkpoint_options(strategy, path):
+        asked.append(str(path))
+        return tf.train.CheckpointOptions()
+
+    monkeypatch.setattr(distribute, "checkpoint_options", checkpoint_options)
+    model = _model()
+    x, y = np.ones((8, 3), "float32"), np.ones((8, 2), "float32")
+    backups, saved = str(tmp_path / "backup"), str(tmp_path / "ckpts")
+    callbacks = [
+        tfk.callbacks.BackupAndRestore(backups, delete_checkpoint=False),
+        CheckpointSaver(saved),
+    ]
+    model.fit(x, y, epochs=1, verbose=0, callbacks=callbacks)
+    assert any(p.startswith(backups) for p in asked), asked
+    assert any(p.startswith(saved) for p in asked), asked
+    asked.clear()
+    resumed = _model()
+    resumed.fit(x, y, epochs=2, verbose=0, callbacks=[tfk.callbacks.BackupAndRestore(backups)])
+    assert any(p.startswith(backups) for p in asked), asked  # the restore read

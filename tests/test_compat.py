@@ -33,7 +33,7 @@ PACKAGE = Path(tfk.__file__).resolve().parent
 # What only compat.py may reach. `self._learning_rate` in the TensorBoard callback
 # is its own method, hence the look-behind.
 PRIVATE = re.compile(
-    r"summary_ops_v2|keras\.src\.|\._clip_gradients|_in_multi_worker_mode|_keras_mask"
+    r"summary_ops_v2|keras\.src\.|\._clip_gradients|_all_reduce_sum_gradients|_in_multi_worker_mode|_keras_mask"
     r"|\._fn_kwargs|tensorflow\.python|\._direction|(?<!self)\._learning_rate|_ReportError"
     r"|\b_summary_state\b|_ErrorConfig|getattr\([^)]*[\"']_(fn|fn_kwargs|direction|learning_rate)[\"']"
 )
@@ -59,6 +59,7 @@ def test_the_scan_catches_what_it_looks_for():
         "from tensorflow.python.ops import summary_ops_v2",
         'mask = getattr(y_pred, "_keras_mask", None)',
         "clipped = inner._clip_gradients(summed)",
+        "optimizer._all_reduce_sum_gradients = skip",
         'lr = getattr(inner, "_learning_rate", None)',
         "return metric._direction",
         'getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()',
@@ -129,6 +130,55 @@ def test_clip_gradients_matches_what_apply_does():
     optimizer.apply(grads, [variable])
     (clipped,) = compat.clip_gradients(optimizer, grads)
     np.testing.assert_allclose(variable.numpy(), -clipped.numpy(), rtol=0, atol=ATOL)
+
+
+def _sgd_step_on_two_replicas(apply):
+    """The variable after one SGD(lr=1) step whose replica `r` hands `apply` the gradient
+    `r + 1` (1 and 2) or, for reduced gradients, their sum."""
+    from conftest import mirrored
+
+    strategy = mirrored(2)
+    with strategy.scope():
+        optimizer = keras.optimizers.SGD(1.0)
+        variable = keras.Variable([0.0])
+
+    @tf.function
+    def step():
+        def replica():
+            ctx = tf.distribute.get_replica_context()
+            grad = tf.cast(ctx.replica_id_in_sync_group, tf.float32) + 1.0
+            apply(optimizer, [tf.reshape(grad, [1])], [variable])
+
+        strategy.run(replica)
+
+    step()
+    return float(variable.numpy()[0])
+
+
+def test_keras_sums_gradients_across_replicas_inside_apply():
+    """The sum apply_reduced_gradients skips is where Keras does it: plain `apply`
+    sums the replicas' gradients (1 + 2)."""
+    assert _sgd_step_on_two_replicas(lambda o, g, v: o.apply(g, v)) == -3.0
+
+
+def test_apply_reduced_gradients_sums_nothing_again():
+    def reduced(optimizer, grads, variables):
+        ctx = tf.distribute.get_replica_context()
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        compat.apply_reduced_gradients(optimizer, summed, variables)
+
+    assert _sgd_step_on_two_replicas(reduced) == -3.0  # not -6: no second sum
+
+
+def test_apply_reduced_gradients_leaves_other_applies_summing():
+    def both(optimizer, grads, variables):
+        ctx = tf.distribute.get_replica_context()
+        compat.apply_reduced_gradients(
+            optimizer, ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads), variables
+        )
+        optimizer.apply(grads, variables)  # a custom train_step's own apply: Keras sums
+
+    assert _sgd_step_on_two_replicas(both) == -6.0
 
 
 def test_keras_mask_is_set_by_a_masking_layer():
@@ -231,6 +281,7 @@ def fresh_checks():
     """compat checks each API once; these tests need the check to run again."""
     checks = [
         compat._check_clip_gradients,
+        compat._check_all_reduce_sum_gradients,
         compat._check_direction,
         compat._check_multi_worker_api,
         compat._check_learning_rate,
@@ -251,8 +302,22 @@ def _defining_class(cls: type, name: str) -> type:
 def test_missing_clip_gradients_raises_naming_the_versions(monkeypatch, fresh_checks):
     owner = _defining_class(keras.optimizers.Optimizer, "_clip_gradients")
     monkeypatch.delattr(owner, "_clip_gradients")
-    with pytest.raises(compat.PrivateApiError, match=r"_clip_gradients.*Keras " + re.escape(keras.__version__)):
+    with pytest.raises(
+        compat.PrivateApiError, match=r"_clip_gradients.*Keras " + re.escape(keras.__version__)
+    ):
         compat.clip_gradients(keras.optimizers.SGD(clipnorm=1.0), [tf.constant([1.0])])
+
+
+def test_missing_all_reduce_sum_gradients_raises_naming_the_versions(monkeypatch, fresh_checks):
+    owner = _defining_class(keras.optimizers.Optimizer, "_all_reduce_sum_gradients")
+    monkeypatch.delattr(owner, "_all_reduce_sum_gradients")
+    with pytest.raises(
+        compat.PrivateApiError,
+        match=r"_all_reduce_sum_gradients.*Keras " + re.escape(keras.__version__),
+    ):
+        compat.apply_reduced_gradients(
+            keras.optimizers.SGD(), [tf.constant([1.0])], [keras.Variable([0.0])]
+        )
 
 
 def test_missing_metric_direction_raises_instead_of_guessing(monkeypatch, fresh_checks):
@@ -410,9 +475,7 @@ def test_masked_loss_matches_keras_through_the_engine():
     x = rng.normal(size=(8, 5, 2)).astype("float32")
     x[:, 3:] = 0.0  # the last two timesteps are masked
     y = rng.normal(size=(8, 5, 1)).astype("float32")
-    net = keras.Sequential(
-        [keras.Input((5, 2)), keras.layers.Masking(0.0), keras.layers.Dense(1)]
-    )
+    net = keras.Sequential([keras.Input((5, 2)), keras.layers.Masking(0.0), keras.layers.Dense(1)])
     reference = keras.models.clone_model(net)
     reference.set_weights(net.get_weights())
     reference.compile(loss="mse")

@@ -271,7 +271,10 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
     if not distribute.is_chief(strategy):
         scratch = write_directory(directory, strategy)
         try:
-            checkpoint.write(paths.join(scratch, paths.basename(path)))
+            scratch_path = paths.join(scratch, paths.basename(path))
+            checkpoint.write(
+                scratch_path, options=distribute.checkpoint_options(strategy, scratch_path)
+            )
         finally:
             cleanup_worker_directory(scratch, directory)
         return path
@@ -282,12 +285,12 @@ def save(model: Any, path: str, *, include_optimizer: bool = True) -> str:
         previous = None  # a garbage pointer: replaced below, its target files kept
     stale = [p for p in (previous, path) if p is not None and checkpoint_files(p)]
     if previous is None and not tf.io.gfile.exists(pointer_path(path)) and not stale:
-        written = checkpoint.write(path)
+        written = checkpoint.write(path, options=distribute.checkpoint_options(strategy, path))
         write_pointer(path, path)  # its save time, which orders it among others
         return written
     target = f"{path}.tfk-{uuid.uuid4().hex[:12]}"
     try:
-        written = checkpoint.write(target)
+        written = checkpoint.write(target, options=distribute.checkpoint_options(strategy, target))
     except BaseException:
         # Not published: remove what this save left (TensorFlow's `<target>_temp`
         # staging directory included); the previous checkpoint is untouched.
@@ -420,7 +423,12 @@ def load(model: Any, path: str, *, include_optimizer: bool = True) -> None:
     checkpoint = tf.train.Checkpoint(**checkpoint_items(model, include_optimizer=include_optimizer))
 
     def restore(prefix: str) -> None:
-        read(checkpoint, prefix, subject=f"The checkpoint {prefix!r}")
+        read(
+            checkpoint,
+            prefix,
+            subject=f"The checkpoint {prefix!r}",
+            strategy=model.distribute_strategy,
+        )
 
     # A prefix first: TensorFlow's ram:// file system calls any name prefix a directory.
     target = published(path)
@@ -450,6 +458,7 @@ def read(
     subject: str,
     mismatch: str = "does not match this model",
     advice: str = "",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> None:
     """Restores `path` into `checkpoint`, every object it saved matched, or fails
     with a `ValueError` and restores nothing that could be half-read silently.
@@ -465,9 +474,11 @@ def read(
         subject: What the message calls the checkpoint, e.g. "The checkpoint 'x'".
         mismatch: What the message says of a checkpoint of another model.
         advice: A sentence (with its leading ". ") telling what to do.
+        strategy: The model's strategy (`None`: the one in scope); a local path
+            under a remote TPU is read by this client (`distribute.checkpoint_options`).
     """
     try:
-        status = checkpoint.read(path)
+        status = checkpoint.read(path, options=distribute.checkpoint_options(strategy, path))
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
         raise ValueError(f"{subject} {mismatch}: {str(e).splitlines()[0][:2000]}{advice}") from e

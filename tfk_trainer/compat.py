@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,6 +130,93 @@ def clip_gradients(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any]) 
 
 
 @functools.cache
+def _check_all_reduce_sum_gradients() -> None:
+    if not callable(getattr(keras.optimizers.Optimizer, "_all_reduce_sum_gradients", None)):
+        raise _gone(
+            "`keras.optimizers.Optimizer._all_reduce_sum_gradients` (the TensorFlow backend's "
+            "cross-replica gradient sum)",
+            "summing gradients once, before loss scaling's finite check and clipping",
+        )
+
+
+_SKIP_LOCK = threading.Lock()
+_SKIP_DEPTH = "_tfk_reduced_gradients_depth"
+
+
+def _replica_key() -> int | None:
+    """This replica's id where it is a Python value (MirroredStrategy's replica
+    threads; also the threads a merge call starts for the same replica), None
+    where it is a traced tensor (TPU and XLA trace every replica at once)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return None
+    value = tf.get_static_value(ctx.replica_id_in_sync_group)
+    return None if value is None else int(value)
+
+
+def _install_reduction_skip(optimizer: Any) -> None:
+    """Wraps this optimizer instance's cross-replica sum so it passes gradients
+    through on a replica that is inside `apply_reduced_gradients` (once per instance)."""
+    if _SKIP_DEPTH in vars(optimizer):
+        return
+    original = optimizer._all_reduce_sum_gradients
+
+    def all_reduce_sum_gradients(grads_and_vars: Any) -> Any:
+        if vars(optimizer)[_SKIP_DEPTH].get(_replica_key(), 0) > 0:
+            return list(grads_and_vars)
+        return original(grads_and_vars)
+
+    object.__setattr__(optimizer, "_all_reduce_sum_gradients", all_reduce_sum_gradients)
+    object.__setattr__(optimizer, _SKIP_DEPTH, {})
+
+
+def _optimizer_chain(optimizer: Any) -> list:
+    chain = [optimizer]
+    while hasattr(chain[-1], "inner_optimizer"):  # LossScaleOptimizer
+        chain.append(chain[-1].inner_optimizer)
+    return chain
+
+
+def _count_skip(chain: list, key: int | None, delta: int) -> None:
+    with _SKIP_LOCK:
+        for o in chain:
+            depth = vars(o)[_SKIP_DEPTH]
+            depth[key] = depth.get(key, 0) + delta
+
+
+def apply_reduced_gradients(optimizer: Any, grads: Sequence[Any], variables: Sequence[Any]) -> None:
+    """`optimizer.apply(grads, variables)` for gradients already summed over replicas.
+
+    Keras's TensorFlow optimizer sums gradients across replicas inside
+    `apply`, after `LossScaleOptimizer` has checked them for inf/nan (on each
+    replica's local gradients, so replicas could disagree and apply inf) and
+    after `_clip_gradients` (so clipping saw local gradients). The engine sums
+    once before `apply`; here Keras's own sum is skipped for this call, so
+    every decision inside `apply` (finite check, unscaling, clipping, weight
+    decay, accumulation) sees the global gradients and no second all-reduce
+    runs. Other callers of `optimizer.apply` (a custom `train_step`) keep
+    Keras's sum: the skip is counted per replica, so one replica leaving
+    here does not change what another replica's `apply` does.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "apply_reduced_gradients needs a keras.optimizers.Optimizer; received "
+            f"{type(optimizer).__name__}."
+        )
+    _check_all_reduce_sum_gradients()
+    chain = [o for o in _optimizer_chain(optimizer) if isinstance(o, keras.optimizers.Optimizer)]
+    with _SKIP_LOCK:
+        for o in chain:
+            _install_reduction_skip(o)
+    key = _replica_key()
+    _count_skip(chain, key, 1)
+    try:
+        optimizer.apply(list(grads), list(variables))
+    finally:
+        _count_skip(chain, key, -1)
+
+
+@functools.cache
 def _check_learning_rate() -> None:
     inits = [k.__init__ for k in keras.optimizers.Optimizer.__mro__ if "__init__" in vars(k)]
     if not any(_assigns(init, "_learning_rate") for init in inits):
@@ -210,7 +298,7 @@ def _check_direction() -> None:
 
 
 def metric_direction(metric: Any) -> str | None:
-    """"up" or "down": the direction Keras gives a metric (accuracy up, errors down);
+    """ "up" or "down": the direction Keras gives a metric (accuracy up, errors down);
     None for a metric Keras gives none (e.g. `Mean`, a user's own)."""
     _check_direction()
     direction = getattr(metric, "_direction", None)

@@ -73,9 +73,7 @@ def export(model: Any, path: str, spec: Any) -> str:
             "export() needs to know the model's inputs: call fit, evaluate or predict (or "
             "predict_on_batch on a sample) first."
         )
-    if tf.io.gfile.exists(path) and (
-        not tf.io.gfile.isdir(path) or tf.io.gfile.listdir(path)
-    ):
+    if tf.io.gfile.exists(path) and (not tf.io.gfile.isdir(path) or tf.io.gfile.listdir(path)):
         raise FileExistsError(f"export(): {path!r} exists and is not empty; choose a new path.")
     root = tf.Module()
     root.variables_to_save = list(
@@ -95,6 +93,7 @@ def export(model: Any, path: str, spec: Any) -> str:
     # directory would be 0700 and unreadable to a serving process running as
     # another user).
     parent = paths.parent(path)
+    strategy = model.distribute_strategy
     tf.io.gfile.makedirs(parent)
     if not distribute.is_chief(model.distribute_strategy):
         # Other workers join the save (variables may be read collectively) and
@@ -102,14 +101,24 @@ def export(model: Any, path: str, spec: Any) -> str:
         scratch = paths.join(parent, f".tfk_export_worker_{uuid.uuid4().hex[:12]}")
         try:
             with model.distribute_strategy.scope():
-                tf.saved_model.save(root, scratch, signatures={"serving_default": serve})
+                tf.saved_model.save(
+                    root,
+                    scratch,
+                    signatures={"serving_default": serve},
+                    options=distribute.saved_model_save_options(strategy, scratch),
+                )
         finally:
             if tf.io.gfile.exists(scratch):
                 tf.io.gfile.rmtree(scratch)
         return path
     tmp = paths.join(parent, f".tfk_export_{uuid.uuid4().hex[:12]}")
     try:
-        tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
+        tf.saved_model.save(
+            root,
+            tmp,
+            signatures={"serving_default": serve},
+            options=distribute.saved_model_save_options(strategy, tmp),
+        )
         if tf.io.gfile.exists(path):
             tf.io.gfile.rmtree(path)  # an empty directory (checked above)
         move_tree(tmp, path)

@@ -285,6 +285,7 @@ class ModelSurface:
         self._state.execution_lengths = ExecutionLengths(
             config.steps_per_execution,
             can_fold=not (value or distribute.is_multi_worker(strategy)),
+            agree=distribute.chief_decides(strategy),
         )
         # The next fit/evaluate/predict remakes the compiled functions (variables,
         # loss, metrics and optimizer state are kept).
@@ -354,7 +355,6 @@ class ModelSurface:
             return
         print_fn = print_fn or print
         print_fn(model_summary.table(self, line_length or 80, show_trainable))
-
 
     # -- export --------------------------------------------------------------
 
@@ -438,8 +438,6 @@ class ModelSurface:
                 Keras models only).
         """
         saving.load_weights(self, filepath, skip_mismatch, kwargs)
-
-
 
 
 class SequentialSurface:

@@ -100,6 +100,12 @@ RUNNERS = ("tfk", "keras", "ref")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Run the small matrix (a few minutes on 2 cores).")
+flags.DEFINE_bool(
+    "gpu",
+    False,
+    "Run the GPU matrix (fit/evaluate/predict, default and MirroredStrategy over every GPU, "
+    "jit off and on); fails with a clear message when no GPU is visible.",
+)
 flags.DEFINE_list("workloads", None, f"Only these workloads, from {WORKLOAD_NAMES}.")
 flags.DEFINE_list("inputs", None, f"Only these input kinds, from {INPUT_NAMES}.")
 flags.DEFINE_list("spe", None, "Only these steps_per_execution values (ints).")
@@ -195,6 +201,25 @@ def quick_matrix() -> list[Config]:
     ]
 
 
+def gpu_matrix() -> list[Config]:
+    """The GPU rows: each workload's fit/evaluate/predict with NumPy input at spe=16, on
+    one GPU and mirrored over every GPU, with XLA off and on (`jit_compile="auto"`
+    compiles mirrored GPU steps, issue 18 item 6)."""
+    rows = []
+    for w in ("fashion_mlp", "cnn", "transformer"):
+        for mode in MODE_NAMES:
+            for strategy in STRATEGY_NAMES:
+                for jit in JIT_NAMES:
+                    rows.append(Config(w, "numpy", 16, mode, strategy, jit))
+    return rows
+
+
+def gpus_visible() -> bool:
+    import tensorflow
+
+    return bool(tensorflow.config.list_physical_devices("GPU"))
+
+
 def standard_matrix() -> list[Config]:
     rows: list[Config] = []
     for w in WORKLOAD_NAMES:
@@ -227,12 +252,16 @@ def product_matrix() -> list[Config]:
         FLAGS.jit or JIT_NAMES,
     ]
     rows = [Config(*v) for v in itertools.product(*values)]
+    if gpus_visible():
+        return rows  # XLA compiles mirrored steps on GPUs
     return [r for r in rows if not (r.strategy == "mirrored" and r.jit == "on")]
 
 
 def select_matrix() -> list[Config]:
     if FLAGS.product:
         rows = product_matrix()
+    elif FLAGS.gpu:
+        rows = gpu_matrix()
     else:
         rows = quick_matrix() if FLAGS.quick else standard_matrix()
 
@@ -312,6 +341,8 @@ def get_strategy(name: str):
     global _MIRRORED
     if name == "default":
         return tf.distribute.get_strategy()
+    if _MIRRORED is None and tf.config.list_logical_devices("GPU"):
+        _MIRRORED = tf.distribute.MirroredStrategy()  # every GPU, NCCL all-reduce
     if _MIRRORED is None:
         devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
         _MIRRORED = tf.distribute.MirroredStrategy(
@@ -1523,6 +1554,13 @@ def main(argv: list[str]) -> None:
     if FLAGS.large_array_gb:
         large_array_main(FLAGS.large_array_gb)
         return
+    if FLAGS.gpu and not gpus_visible():
+        print(
+            "benchmark --gpu: no GPU is visible to TensorFlow (tf.config.list_physical_devices"
+            "('GPU') is empty); GPU numbers cannot be measured on this machine.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     configs = select_matrix()
     if not configs:
         raise app.UsageError("The flags select no measurement.")

@@ -152,6 +152,7 @@ class BackupAndRestore(Callback):
                     f"(from {paths.basename(prefix)!r})"
                 ),
                 advice=". Use another `backup_dir`, or delete this one to start over.",
+                strategy=model.distribute_strategy,
             )
 
         directory = self.backup_dir
@@ -192,7 +193,12 @@ class BackupAndRestore(Callback):
         for name, value in values.items():
             self._position_vars[name].assign(value)
         iterations = int(self.model.optimizer.iterations.numpy())
-        self._manager.save(checkpoint_number=iterations)
+        self._manager.save(
+            checkpoint_number=iterations,
+            options=distribute.checkpoint_options(
+                self.model.distribute_strategy, self._manager.directory
+            ),
+        )
         self._last_saved_step = iterations
         self._saved_at = (iterations, position.epoch, position.step)
 

@@ -1,7 +1,15 @@
 """The main job's MLP on a Cloud TPU VM: TPUStrategy, bfloat16, static shapes.
 
-tfk-train --config=tpu_fashion_mnist_mlp --model_dir=gs://bucket/run
+One-host TPU VM (v2-8, v3-8, v4-8, v5litepod-8), on that VM:
+    tfk-train --config=tpu_fashion_mnist_mlp --model_dir=gs://bucket/run
 (the Fashion-MNIST files must be on the VM: dataset-fashion-mnist or data.data_dir)
+
+A pod slice (several hosts, e.g. v4-32): ONE client process names the TPU;
+the slice's hosts are its input workers. Run it once, not on every host:
+    tfk-train --config=tpu_fashion_mnist_mlp --model_dir=gs://bucket/run --tpu=MY_POD
+`tpu="local"` on a multi-host slice is refused: it would see only one host's
+chips. See docs/distributed.md, "A TPU pod slice". Scale `train.batch_size`
+with the number of cores (it must divide by them).
 """
 
 from tfk_trainer.train.config import base_config
@@ -19,7 +27,7 @@ def get_config():
     config.eval.batch_size = 1024
     config.eval.min_accuracy = 0.85
     config.runtime.strategy = "tpu"
-    config.runtime.tpu = "local"
+    config.runtime.tpu = "local"  # this host's chips; --tpu=NAME on a pod slice's client
     config.runtime.mixed_precision = "mixed_bfloat16"
     config.runtime.static_shapes = True
     return config

@@ -463,6 +463,7 @@ def configure(state: Any, mixed_float16: bool = False, **compile_args: Any) -> A
     state.execution_lengths = ExecutionLengths(
         config.steps_per_execution,
         can_fold=not (config.run_eagerly or distribute.is_multi_worker(strategy)),
+        agree=distribute.chief_decides(strategy),
     )
     state.objectives = None
     state.step_logs = {}  # mode -> keys of a custom step's own logs (None: the metrics)

@@ -178,39 +178,31 @@ def scale_loss(optimizer: Any, loss: tf.Tensor) -> tf.Tensor:
 
 
 def apply_gradients(optimizer: Any, grads: list, variables: list) -> None:
-    """`optimizer.apply`, with clipping moved after the cross-replica sum.
+    """`optimizer.apply`, with the one cross-replica sum before it.
 
-    Keras clips each replica's gradients before they are summed, so 2
-    replicas and 1 device clip different things. With clipping set and
-    several replicas, the gradients are summed here, clipped once (by
-    the optimizer's own rule, on the unscaled values), and each replica
-    hands the optimizer 1/n of the result; its all-reduce adds the n
-    equal shares back up.
+    Keras's TensorFlow optimizer sums the replicas' gradients inside
+    `apply`, after the two decisions that must see the global gradients:
+    `LossScaleOptimizer`'s finite check (each replica checked its own
+    gradients, so a replica whose rows overflowed float16 skipped the step
+    while the others applied inf) and clipping (2 replicas clipped what 1
+    device does not). With several replicas the gradients are summed here,
+    once, and handed to `apply` with Keras's own sum skipped
+    (`compat.apply_reduced_gradients`): every replica then sees the same
+    gradients, takes the same finite decision, clips the sum as one device
+    clips the whole batch, and no second all-reduce runs.
     """
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    replicas = step_lib.num_replicas()
-    clips = ("clipnorm", "clipvalue", "global_clipnorm")
-    if (
-        replicas == 1
-        or not any(getattr(inner, a, None) for a in clips)
-        or getattr(inner, "gradient_accumulation_steps", None)
-    ):
+    if step_lib.num_replicas() == 1 or not isinstance(optimizer, keras.optimizers.Optimizer):
         optimizer.apply(grads, variables)
         return
-    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    summed = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, [g for g, _ in pairs]
+    present = [g for g in grads if g is not None]
+    if not present:
+        optimizer.apply(grads, variables)  # Keras's own error ("No gradients provided")
+        return
+    summed = iter(
+        tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present)
     )
-    scale = getattr(optimizer, "dynamic_scale", None) if inner is not optimizer else None
-    if scale is not None:
-        summed = [g / tf.cast(scale, g.dtype) for g in summed]
-    clipped = compat.clip_gradients(inner, summed)
-    if scale is not None:
-        clipped = [g * tf.cast(scale, g.dtype) for g in clipped]
-    # Each share is within the clip bounds, so the optimizer's own clipping
-    # (left on: replicas trace concurrently, and shared state must not be
-    # mutated) leaves it unchanged.
-    optimizer.apply([g / replicas for g in clipped], [v for _, v in pairs])
+    reduced = [None if g is None else next(summed) for g in grads]
+    compat.apply_reduced_gradients(optimizer, reduced, variables)
 
 
 def predict_replica(predict_step: Callable[[Any], Any], data: Any) -> tuple[Any, tf.Tensor]:

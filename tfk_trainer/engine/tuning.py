@@ -21,6 +21,13 @@ median step time the tuner chooses enough steps for an execution to last
 about `target_seconds`. The number of steps is a tensor argument of the
 compiled function, so changing it never retraces.
 
+Multi-worker: every worker measures (its executions are the same, step for
+step, as collectives keep them in lockstep), and reaches its decision at the
+same execution; the chief's value is then broadcast (`agree`,
+`distribute.broadcast_from_chief`) so every worker runs the same execution
+boundaries. Per-worker values would put a batch hook (and any collective in
+it) at different steps on different workers.
+
 Step intervals: a callback that must act at exact multiples of N optimizer
 steps (TensorBoard with `update_freq=N`) declares `step_interval = N`. The
 engine then ends a train execution early wherever it would cross such a
@@ -34,18 +41,28 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 
 MODES = ("train", "test", "predict")
 
 
 class StepsPerExecutionTuner:
+    """Chooses an execution length from measured step times.
+
+    `agree`: called with this process's choice, returns the value to use
+    (under multi-worker, the chief's; every worker calls it at the same
+    execution, since it is a collective).
+    """
+
     def __init__(
         self,
         *,
         target_seconds: float = 0.05,
         max_steps: int = 1024,
         probes: int = 3,
+        agree: Callable[[int], int] | None = None,
     ):
+        self.agree = agree
         self.target_seconds = target_seconds
         self.max_steps = max_steps
         self.probes = probes
@@ -72,7 +89,10 @@ class StepsPerExecutionTuner:
         self._times.append(seconds / steps)
         if len(self._times) >= self.probes:
             per_step = max(statistics.median(self._times), 1e-6)
-            self.current = max(1, min(self.max_steps, math.ceil(self.target_seconds / per_step)))
+            value = max(1, min(self.max_steps, math.ceil(self.target_seconds / per_step)))
+            if self.agree is not None:
+                value = max(1, min(self.max_steps, int(self.agree(value))))
+            self.current = value
             self.tuned = True
 
 
@@ -81,13 +101,21 @@ class ExecutionLengths:
 
     `steps_per_execution` is the compiled value (an int, or "auto");
     `can_fold` is False where executions must keep the compiled length
-    (multi-worker, eager).
+    (multi-worker, eager); `agree` makes every worker use the chief's tuned
+    value (see `StepsPerExecutionTuner`).
     """
 
-    def __init__(self, steps_per_execution: int | str = 1, *, can_fold: bool = True):
+    def __init__(
+        self,
+        steps_per_execution: int | str = 1,
+        *,
+        can_fold: bool = True,
+        agree: Callable[[int], int] | None = None,
+    ):
         self.auto = steps_per_execution == "auto"
         self.minimum = 1 if self.auto else int(steps_per_execution)
         self.can_fold = can_fold
+        self.agree = agree
         self._tuners: dict[str, StepsPerExecutionTuner] = {}
 
     def tuner(
@@ -100,7 +128,7 @@ class ExecutionLengths:
         if not self.auto and (observed or not fold or not self.can_fold):
             return None
         if mode not in self._tuners:
-            self._tuners[mode] = StepsPerExecutionTuner()
+            self._tuners[mode] = StepsPerExecutionTuner(agree=self.agree)
         return self._tuners[mode]
 
     def steps(self, tuner: StepsPerExecutionTuner | None, steps_left: int | None = None) -> int:
@@ -110,7 +138,9 @@ class ExecutionLengths:
         return max(1, value)
 
 
-def cut_at_intervals(requested: int, global_step: int, intervals: list[int] | tuple[int, ...]) -> int:
+def cut_at_intervals(
+    requested: int, global_step: int, intervals: list[int] | tuple[int, ...]
+) -> int:
     """`requested` shortened so the execution ends at the next multiple of any interval.
 
     `global_step` is the optimizer step count before the execution; an execution

@@ -88,7 +88,12 @@ class CheckpointSaver(Callback):
         step = self._step()
         if step == self._last_step and manager.latest_checkpoint:
             return os.path.join(self.directory, os.path.basename(manager.latest_checkpoint))
-        path = manager.save(checkpoint_number=step)
+        path = manager.save(
+            checkpoint_number=step,
+            options=distribute.checkpoint_options(
+                self.model.distribute_strategy, manager.directory
+            ),
+        )
         self._last_step = step
         return os.path.join(self.directory, os.path.basename(path))
 

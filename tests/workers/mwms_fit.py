@@ -60,11 +60,17 @@ def predict_main(out_dir: str, replicas: int) -> None:
             yield (x[start : start + batch],)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        # Host p reads the rows [s * batch + p * half, s * batch + (p + 1) * half) of
-        # step s, in per-replica batches: gathered host after host, input order.
-        half = batch // context.num_input_pipelines
-        rows = tf.data.Dataset.from_tensor_slices(x).batch(batch)
-        mine = rows.map(lambda b: b[context.input_pipeline_id * half :][:half])
+        # Host p reads its part of each batch (the first or the second half of its
+        # rows), in per-replica batches: gathered host after host, that is input
+        # order. Both hosts hold the same number of batches: order is what this
+        # checks, not hosts whose data ends at different steps.
+        hosts, host = context.num_input_pipelines, context.input_pipeline_id
+
+        def part(b):
+            rows = tf.shape(b)[0]
+            return b[rows * host // hosts : rows * (host + 1) // hosts]
+
+        mine = tf.data.Dataset.from_tensor_slices(x).batch(batch).map(part)
         return mine.unbatch().batch(context.get_per_replica_batch_size(batch))
 
     results = {

@@ -42,7 +42,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfk_trainer import compat
+from tfk_trainer import compat, distribute
 
 SPLIT = "split"
 PER_PIPELINE = "per_pipeline"
@@ -98,17 +98,14 @@ def replica_layout(strategy: Any) -> tuple[int, int, tuple[int, ...]]:
     slot `w * R + r` sits in the list the predict loop concatenates.
 
     That list is this client's `experimental_local_results` (its
-    `extended.worker_devices` order), or under several worker processes the
+    `distribute.replica_devices` order), or under several worker processes the
     all-gather over global replica ids (process-major, each process's devices
     in order). Input workers are the hosts among this client's devices (a TPU
     pod's hosts, an in-graph multi-host `MirroredStrategy`'s tasks) times the
-    worker processes (`num_replicas_in_sync / len(worker_devices)`).
+    worker processes (replicas in sync / this client's replica devices).
     """
-    replicas = int(strategy.num_replicas_in_sync)
-    try:
-        devices = tuple(strategy.extended.worker_devices)
-    except (RuntimeError, AttributeError):  # the default strategy names none
-        devices = ()
+    replicas = distribute.num_replicas(strategy)
+    devices = distribute.replica_devices(strategy)  # () for the default strategy
     if not devices:
         return 1, replicas, tuple(range(replicas))
     hosts = sorted({_host_key(d) for d in devices})
@@ -133,9 +130,9 @@ def replica_layout(strategy: Any) -> tuple[int, int, tuple[int, ...]]:
 def output_order(strategy: Any, kind: str) -> tuple[int, ...]:
     """Indices into the list of per-replica outputs (local results, or the
     all-gathered replicas) that concatenate to input order; the function the
-    predict loop calls. `strategy` needs only `num_replicas_in_sync` and
-    `extended.worker_devices`, so a TPU pod or a multi-GPU worker is tested
-    with a stand-in that describes its devices."""
+    predict loop calls. `strategy` needs only its replica count and the
+    devices `distribute.replica_devices` reads, so a TPU pod or a multi-GPU
+    worker is tested with a stand-in that describes its devices."""
     workers, per_worker, position = replica_layout(strategy)
     return tuple(position[slot] for slot in slot_order(workers, per_worker, kind))
 

@@ -13,6 +13,9 @@ It comes in two forms:
   each iteration reads `iterator.get_next()` directly. This skips the
   Optional and the `tf.cond` around the step, which is a measurable share of
   a small step.
+Train, test and predict share the two loop skeletons (`_exact_loop`,
+`_until_end_loop`); predict adds its outputs as loop state, in input order
+(engine/predict_order.py).
 Logs are not returned: metric variables stay on the device and `read_logs`
 reads them (in cross-replica context, which sums replica states) only when
 asked.

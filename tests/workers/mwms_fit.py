@@ -60,17 +60,15 @@ def predict_main(out_dir: str, replicas: int) -> None:
             yield (x[start : start + batch],)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        # Host p reads its part of each batch (the first or the second half of its
-        # rows), in per-replica batches: gathered host after host, that is input
-        # order. Both hosts hold the same number of batches: order is what this
-        # checks, not hosts whose data ends at different steps.
-        hosts, host = context.num_input_pipelines, context.input_pipeline_id
-
-        def part(b):
-            rows = tf.shape(b)[0]
-            return b[rows * host // hosts : rows * (host + 1) // hosts]
-
-        mine = tf.data.Dataset.from_tensor_slices(x).batch(batch).map(part)
+        # Host p reads rows [s * batch + p * half, s * batch + (p + 1) * half) of each
+        # batch s, in per-replica batches: gathered host after host, that is input
+        # order. The last batch (4 rows) is all host 0's: host 1's data ends a step
+        # earlier, and its replicas get empty batches of the right shape (after the
+        # generator's relaxed spec was traced too).
+        half = batch // context.num_input_pipelines
+        start = context.input_pipeline_id * half
+        rows = tf.data.Dataset.from_tensor_slices(x).batch(batch)
+        mine = rows.map(lambda b: b[start : start + half]).filter(lambda b: tf.size(b) > 0)
         return mine.unbatch().batch(context.get_per_replica_batch_size(batch))
 
     results = {

@@ -446,6 +446,11 @@ def make_predict_loop(
 
         if run_eagerly:
             return loop
-        return tf.function(loop, reduce_retracing=True, autograph=autograph)
+        # No `reduce_retracing`: a trace generalised over several inputs' specs (a
+        # Python source's relaxed `[None, None]` among them) gives the replicas whose
+        # data ended first dummy batches of that relaxed shape, `[0, 0]`, which the
+        # network cannot take (a worker of a cluster crashed so). One trace per
+        # input spec keeps them `[0, features]`.
+        return tf.function(loop, autograph=autograph)
 
     return _PredictByLayout(strategy, build)

@@ -295,9 +295,21 @@ def make_step_loop(
         steps, _ = run_loop(iterator, num_steps, train_or_test, (), 1)
         return steps
 
-    if run_eagerly:
-        return loop
-    return tf.function(loop, reduce_retracing=True, autograph=autograph)
+    return loop if run_eagerly else _traced(loop, autograph)
+
+
+def _traced(loop: Callable, autograph: bool) -> Callable:
+    """The compiled loop: one trace per iterator spec.
+
+    No `reduce_retracing`: a trace generalised over several inputs' specs (a
+    Python source's relaxed `[None, None]` among them) hands the replicas whose
+    data ended first (a worker of a cluster, or the last replicas of a step)
+    dummy batches of that relaxed shape, `[0, 0]`, which the network cannot
+    take: a two-worker predict crashed so. One trace per spec keeps them
+    `[0, features]`; a run sees few distinct specs (fresh iterators over the
+    same data have equal ones).
+    """
+    return tf.function(loop, autograph=autograph)
 
 
 def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tensor:
@@ -444,13 +456,6 @@ def make_predict_loop(
             )
             return steps, _concat_arrays(arrays, steps, exact)
 
-        if run_eagerly:
-            return loop
-        # No `reduce_retracing`: a trace generalised over several inputs' specs (a
-        # Python source's relaxed `[None, None]` among them) gives the replicas whose
-        # data ended first dummy batches of that relaxed shape, `[0, 0]`, which the
-        # network cannot take (a worker of a cluster crashed so). One trace per
-        # input spec keeps them `[0, features]`.
-        return tf.function(loop, autograph=autograph)
+        return loop if run_eagerly else _traced(loop, autograph)
 
     return _PredictByLayout(strategy, build)

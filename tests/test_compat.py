@@ -104,6 +104,16 @@ def test_in_multi_worker_mode_is_answered_by_each_strategy():
     assert callable(base) and callable(extended._in_multi_worker_mode)
 
 
+def test_is_dataset_from_function_tells_the_two_distributions_apart(mirrored_strategy):
+    strategy = mirrored_strategy(2)
+    dataset = tf.data.Dataset.range(8).batch(4)
+    assert compat.is_dataset_from_function(
+        strategy.distribute_datasets_from_function(lambda context: dataset)
+    )
+    assert not compat.is_dataset_from_function(strategy.experimental_distribute_dataset(dataset))
+    assert not compat.is_dataset_from_function(dataset)
+
+
 # -- Keras canaries ---------------------------------------------------------------------
 
 

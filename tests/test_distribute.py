@@ -155,7 +155,8 @@ def test_last_batch_smaller_than_the_replica_count(mirrored_strategy, rows):
     np.testing.assert_allclose(four[2], one[2], rtol=1e-5, atol=1e-6)
 
 
-def _launch_cluster(tmp_path, num_workers=2):
+def _launch_cluster(tmp_path, num_workers=2, args=()):
+    """Starts `num_workers` workers of mwms_fit.py (with `args` after OUT_DIR) on 127.0.0.1."""
     ports = [portpicker.pick_unused_port() for _ in range(num_workers)]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -170,7 +171,7 @@ def _launch_cluster(tmp_path, num_workers=2):
         procs.append(
             (
                 subprocess.Popen(
-                    [sys.executable, WORKER, str(tmp_path)],
+                    [sys.executable, WORKER, str(tmp_path), *args],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -105,6 +105,31 @@ def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended._in_multi_worker_mode())
 
 
+@functools.cache
+def _from_function_dataset_class() -> type:
+    module = _import(
+        "tensorflow.python.distribute.input_lib", "telling per-host input from split input"
+    )
+    cls = getattr(module, "DistributedDatasetsFromFunction", None)
+    if not isinstance(cls, type):
+        raise _gone(
+            "`tensorflow.python.distribute.input_lib.DistributedDatasetsFromFunction`",
+            "telling per-host input from split input (the order of predictions)",
+        )
+    return cls
+
+
+def is_dataset_from_function(distributed: Any) -> bool:
+    """True for a dataset made by `strategy.distribute_datasets_from_function`.
+
+    Its replicas hold their input pipeline's batches in turn, where
+    `experimental_distribute_dataset` splits each global batch across input
+    workers replica-major; predict reorders the two differently
+    (engine/predict_order.py). TensorFlow has no public class for it.
+    """
+    return isinstance(distributed, _from_function_dataset_class())
+
+
 # -- Keras ---------------------------------------------------------------------
 
 

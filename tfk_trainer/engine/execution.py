@@ -13,6 +13,9 @@ It comes in two forms:
   each iteration reads `iterator.get_next()` directly. This skips the
   Optional and the `tf.cond` around the step, which is a measurable share of
   a small step.
+Train, test and predict share the two loop skeletons (`_exact_loop`,
+`_until_end_loop`); predict adds its outputs as loop state, in input order
+(engine/predict_order.py).
 Logs are not returned: metric variables stay on the device and `read_logs`
 reads them (in cross-replica context, which sums replica states) only when
 asked.
@@ -41,6 +44,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfk_trainer import distribute
+from tfk_trainer.engine import predict_order
 
 log = logging.getLogger("tfk_trainer")
 
@@ -222,6 +226,59 @@ def _step_fn(fn: Callable, jit: bool, run_eagerly: bool, autograph: bool = True)
     return fn
 
 
+def _exact_loop(
+    iterator: Any, num_steps: tf.Tensor, step: Callable, state: Any, parallel_iterations: int
+) -> tuple[tf.Tensor, Any]:
+    """`(num_steps, state)` after `state = step(iterator.get_next(), i, state)` for
+    `i` in `range(num_steps)`: the iterator holds at least that many batches."""
+
+    def body(i, state):
+        return i + 1, step(iterator.get_next(), i, state)
+
+    return tf.while_loop(
+        lambda i, state: i < num_steps,
+        body,
+        (tf.constant(0, tf.int64), state),
+        parallel_iterations=parallel_iterations,
+    )
+
+
+def _until_end_loop(
+    iterator: Any, num_steps: tf.Tensor, step: Callable, state: Any, parallel_iterations: int
+) -> tuple[tf.Tensor, Any]:
+    """`(steps_run, state)` after up to `num_steps` steps, ending early on an empty Optional."""
+
+    def cond(i, done, state):
+        return tf.logical_and(tf.logical_not(done), i < num_steps)
+
+    def body(i, done, state):
+        optional = iterator.get_next_as_optional()
+
+        def run():
+            return i + 1, tf.constant(False), step(optional.get_value(), i, state)
+
+        return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True), state))
+
+    steps, _, state = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0, tf.int64), tf.constant(False), state),
+        parallel_iterations=parallel_iterations,
+    )
+    return steps, state
+
+
+def _loop_of(exact: bool) -> Callable:
+    return _exact_loop if exact else _until_end_loop
+
+
+def _run_step(strategy: tf.distribute.Strategy, step: Callable, data: Any) -> Any:
+    # A clean name scope: summaries written in the model get their own tags,
+    # not "while/cond/...".
+    with tf.compat.v1.name_scope(None):
+        return strategy.run(step, args=(data,))
+
+
 def make_step_loop(
     strategy: tf.distribute.Strategy,
     replica_fn: Callable,
@@ -240,46 +297,31 @@ def make_step_loop(
     costs seconds of the first step in a fresh process (see module docstring).
     """
     step = _step_fn(replica_fn, jit, run_eagerly, autograph)
+    run_loop = _loop_of(exact)
 
-    def exact_steps(iterator, num_steps):
-        def body(i):
-            data = iterator.get_next()
-            # A clean name scope: summaries written in the model get their own
-            # tags, not "while/...".
-            with tf.compat.v1.name_scope(None):
-                strategy.run(step, args=(data,))
-            return (i + 1,)
+    def train_or_test(data, i, state):
+        _run_step(strategy, step, data)
+        return state
 
-        (steps,) = tf.while_loop(
-            lambda i: i < num_steps, body, (tf.constant(0, tf.int64),), parallel_iterations=1
-        )
+    def loop(iterator, num_steps):
+        steps, _ = run_loop(iterator, num_steps, train_or_test, (), 1)
         return steps
 
-    def multi_step(iterator, num_steps):
-        def cond(i, done):
-            return tf.logical_and(tf.logical_not(done), i < num_steps)
+    return loop if run_eagerly else _traced(loop, autograph)
 
-        def body(i, done):
-            optional = iterator.get_next_as_optional()
 
-            def run():
-                # A clean name scope: summaries written in the model get their own
-                # tags, not "while/cond/...".
-                with tf.compat.v1.name_scope(None):
-                    strategy.run(step, args=(optional.get_value(),))
-                return i + 1, tf.constant(False)
+def _traced(loop: Callable, autograph: bool) -> Callable:
+    """The compiled loop: one trace per iterator spec.
 
-            return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True)))
-
-        steps, _ = tf.while_loop(
-            cond, body, (tf.constant(0, tf.int64), tf.constant(False)), parallel_iterations=1
-        )
-        return steps
-
-    loop = exact_steps if exact else multi_step
-    if run_eagerly:
-        return loop
-    return tf.function(loop, reduce_retracing=True, autograph=autograph)
+    No `reduce_retracing`: a trace generalised over several inputs' specs (a
+    Python source's relaxed `[None, None]` among them) hands the replicas whose
+    data ended first (a worker of a cluster, or the last replicas of a step)
+    dummy batches of that relaxed shape, `[0, 0]`, which the network cannot
+    take: a two-worker predict crashed so. One trace per spec keeps them
+    `[0, features]`; a run sees few distinct specs (fresh iterators over the
+    same data have equal ones).
+    """
+    return tf.function(loop, autograph=autograph)
 
 
 def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tensor:
@@ -287,6 +329,100 @@ def _all_gather(ctx: tf.distribute.ReplicaContext, value: tf.Tensor) -> tf.Tenso
     if value.dtype == tf.bool:
         return tf.cast(ctx.all_gather(tf.cast(value, tf.int32), axis=0), tf.bool)
     return ctx.all_gather(value, axis=0)
+
+
+def _gathering(replica_fn: Callable, with_sizes: bool) -> Callable:
+    """`replica_fn` whose outputs are all-gathered across the workers' replicas, with
+    each replica's row count when the blocks must be reordered afterwards."""
+
+    def gathered(data):
+        outputs = replica_fn(data)
+        ctx = tf.distribute.get_replica_context()
+        every = tf.nest.map_structure(lambda o: _all_gather(ctx, o), outputs)
+        if not with_sizes:
+            return every, ()
+        rows = tf.shape(tf.nest.flatten(outputs)[0], out_type=tf.int32)[:1]
+        return every, ctx.all_gather(rows, axis=0)
+
+    return gathered
+
+
+def _local_outputs(
+    strategy: tf.distribute.Strategy, outputs: Any, order: tuple[int, ...], gathered: bool
+) -> Any:
+    """One step's per-replica outputs as one tensor per leaf, rows in input order.
+
+    `gathered` (several worker processes): every replica holds the whole global
+    batch, replica after replica, with the replicas' row counts. Otherwise this
+    client's replicas are all there is, one tensor each.
+    """
+    first = lambda value: strategy.experimental_local_results(value)[0]  # noqa: E731
+    if gathered:
+        values, sizes = outputs
+        local = tf.nest.map_structure(first, values)
+        if predict_order.is_identity(order):
+            return local
+        sizes = first(sizes)
+        return tf.nest.map_structure(lambda v: predict_order.reorder_rows(v, sizes, order), local)
+    return tf.nest.map_structure(
+        lambda o: predict_order.concat_in_order(strategy.experimental_local_results(o), order),
+        outputs,
+    )
+
+
+def _output_arrays(dtypes: Any, size: tf.Tensor | None) -> Any:
+    """One TensorArray per output leaf: `size` steps, or growing (until the data ends)."""
+    if size is None:
+        make = lambda dtype: tf.TensorArray(  # noqa: E731
+            dtype, size=0, dynamic_size=True, infer_shape=False
+        )
+    else:
+        make = lambda dtype: tf.TensorArray(  # noqa: E731
+            dtype, size=tf.cast(size, tf.int32), infer_shape=False
+        )
+    return tf.nest.map_structure(make, dtypes)
+
+
+def _concat_arrays(arrays: Any, steps: tf.Tensor, exact: bool) -> Any:
+    """Each leaf's steps in one array; an until-end execution may have run none."""
+    if exact:
+        return tf.nest.map_structure(lambda ta: ta.concat(), arrays)
+    return tf.nest.map_structure(
+        lambda ta: tf.cond(steps > 0, ta.concat, lambda: tf.zeros([0], ta.dtype)), arrays
+    )
+
+
+class _PredictByLayout:
+    """The predict loop, traced once per output order.
+
+    The order depends on how the iterator's input was distributed
+    (`predict_order.input_kind`), which the loop reads from the eager
+    iterator before calling the traced function of that order. On a single
+    input worker both kinds give the identity and share one function.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, build: Callable[[tuple], Callable]):
+        self._strategy = strategy
+        self._build = build
+        self._orders: dict[str, tuple[int, ...]] = {}
+        self._loops: dict[tuple[int, ...], Callable] = {}
+
+    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> Any:
+        kind = predict_order.input_kind(iterator)
+        order = self._orders.get(kind)
+        if order is None:
+            order = self._orders[kind] = predict_order.output_order(self._strategy, kind)
+        loop = self._loops.get(order)
+        if loop is None:
+            loop = self._loops[order] = self._build(order)
+        return loop(iterator, num_steps)
+
+    def experimental_get_tracing_count(self) -> int:
+        return sum(
+            fn.experimental_get_tracing_count()
+            for fn in self._loops.values()
+            if hasattr(fn, "experimental_get_tracing_count")
+        )
 
 
 def make_predict_loop(
@@ -301,91 +437,37 @@ def make_predict_loop(
 ) -> Callable[[Any, tf.Tensor], tuple[tf.Tensor, Any]]:
     """`(iterator, num_steps) -> (steps_run, outputs)`, outputs gathered in the graph.
 
-    Each step's per-replica outputs are concatenated in replica order (which
-    is input order: the dataset is split into contiguous per-replica slices)
-    and written to a TensorArray; one execution returns one concatenated
-    array per output leaf. Across workers (MultiWorkerMirroredStrategy) the
-    outputs are all-gathered, so every worker returns every prediction, in
-    input order. `exact`, `autograph`: as in `make_step_loop`.
+    Each step's per-replica outputs are put in input order (engine/predict_order.py:
+    replica order on one input worker; several input workers, a TPU pod's hosts or
+    the workers of a cluster, hold their pieces of a batch interleaved when the
+    strategy split it) and written to a TensorArray; one execution returns one
+    concatenated array per output leaf. Across workers (MultiWorkerMirroredStrategy)
+    the outputs are all-gathered, so every worker returns every prediction.
+    `exact`, `autograph`: as in `make_step_loop`.
     """
-    gather_across_workers = distribute.is_multi_worker(strategy)
-    if gather_across_workers:
-        inner_fn = replica_fn
-
-        def replica_fn(data):
-            outputs = inner_fn(data)
-            ctx = tf.distribute.get_replica_context()
-            return tf.nest.map_structure(lambda o: _all_gather(ctx, o), outputs)
-
-    step = _step_fn(replica_fn, jit, run_eagerly, autograph)
+    gathered = distribute.is_multi_worker(strategy)
     dtypes = tf.nest.map_structure(lambda spec: spec.dtype, output_structure)
+    run_loop = _loop_of(exact)
 
-    def predict_one(data, i, arrays):
-        """One step's outputs, as one local tensor per leaf, written at index `i`."""
-        with tf.compat.v1.name_scope(None):
-            outputs = strategy.run(step, args=(data,))
-        if gather_across_workers:
-            # Every replica holds the whole global batch, in replica order.
-            local = tf.nest.map_structure(
-                lambda o: strategy.experimental_local_results(o)[0], outputs
+    def build(order: tuple[int, ...]) -> Callable:
+        fn = replica_fn
+        if gathered:
+            fn = _gathering(replica_fn, with_sizes=not predict_order.is_identity(order))
+        step = _step_fn(fn, jit, run_eagerly, autograph)
+
+        def predict_one(data, i, arrays):
+            local = _local_outputs(strategy, _run_step(strategy, step, data), order, gathered)
+            return tf.nest.map_structure(
+                lambda ta, value: ta.write(tf.cast(i, tf.int32), value), arrays, local
             )
-        else:
-            local = tf.nest.map_structure(
-                lambda o: tf.concat(strategy.experimental_local_results(o), axis=0), outputs
+
+        def loop(iterator, num_steps):
+            arrays = _output_arrays(dtypes, num_steps if exact else None)
+            steps, arrays = run_loop(
+                iterator, num_steps, predict_one, arrays, _PREDICT_PARALLEL_ITERATIONS
             )
-        return tf.nest.map_structure(
-            lambda ta, value: ta.write(tf.cast(i, tf.int32), value), arrays, local
-        )
+            return steps, _concat_arrays(arrays, steps, exact)
 
-    def exact_steps(iterator, num_steps):
-        arrays = tf.nest.map_structure(
-            lambda dtype: tf.TensorArray(
-                dtype, size=tf.cast(num_steps, tf.int32), infer_shape=False
-            ),
-            dtypes,
-        )
+        return loop if run_eagerly else _traced(loop, autograph)
 
-        def body(i, arrays):
-            return i + 1, predict_one(iterator.get_next(), i, arrays)
-
-        steps, arrays = tf.while_loop(
-            lambda i, arrays: i < num_steps,
-            body,
-            (tf.constant(0, tf.int64), arrays),
-            parallel_iterations=_PREDICT_PARALLEL_ITERATIONS,
-        )
-        return steps, tf.nest.map_structure(lambda ta: ta.concat(), arrays)
-
-    def multi_step(iterator, num_steps):
-        arrays = tf.nest.map_structure(
-            lambda dtype: tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False),
-            dtypes,
-        )
-
-        def cond(i, done, arrays):
-            return tf.logical_and(tf.logical_not(done), i < num_steps)
-
-        def body(i, done, arrays):
-            optional = iterator.get_next_as_optional()
-
-            def run():
-                return i + 1, tf.constant(False), predict_one(optional.get_value(), i, arrays)
-
-            return tf.cond(optional.has_value(), run, lambda: (i, tf.constant(True), arrays))
-
-        steps, _, arrays = tf.while_loop(
-            cond,
-            body,
-            (tf.constant(0, tf.int64), tf.constant(False), arrays),
-            parallel_iterations=_PREDICT_PARALLEL_ITERATIONS,
-        )
-        outputs = tf.nest.map_structure(
-            lambda ta: tf.cond(steps > 0, ta.concat, lambda: tf.zeros([0], ta.dtype)),
-            arrays,
-        )
-        return steps, outputs
-
-    loop = exact_steps if exact else multi_step
-    if run_eagerly:
-        return loop
-    return tf.function(loop, reduce_retracing=True, autograph=autograph)
+    return _PredictByLayout(strategy, build)

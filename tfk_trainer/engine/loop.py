@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfk_trainer import distribute
 from tfk_trainer.data.base import DataAdapter
+from tfk_trainer.engine import predict_order
 from tfk_trainer.engine.execution import XlaFallback
 from tfk_trainer.engine.logs import LazyLogs
 from tfk_trainer.engine.run_state import Position, RunState
@@ -104,7 +105,8 @@ class Iterators:
             skip=skip,
             per_host=distribute.per_host_input(self._strategy),
         )
-        return iter(distributed)
+        # How the input was split decides the order of predictions (predict_order.py).
+        return predict_order.tag_input(iter(distributed), distributed)
 
     def for_epoch(self, epoch: int, skip: int = 0):
         if not self._plan.persistent:

@@ -36,6 +36,14 @@ N is rounded up to a multiple of steps_per_execution (Keras runs whole
 executions on repeated data). Every fit call is checked to have run exactly N optimizer steps (`optimizer.iterations`),
 and every predict call to have returned N batches of rows.
 
+Watched-batch rows (`watch=on`, `--watch`): tfk and Keras get a callback that
+overrides the batch-end hooks (and only counts), as any per-batch callback does.
+tfk then cannot fold executions: it returns to Python after every execution of
+`spe` steps and calls the hook, as Keras does, so `tfk/ref` on these rows is the
+engine's per-execution cost (the driver's loop in Python, the hooks, the compiled
+step's extra work) against the reference loop, which calls no callback. tfk is
+checked to have called the hook exactly once per execution.
+
 Peak memory is measured per runner, each alone in a fresh subprocess: after the
 imports and the data, the process's peak RSS is reset (`/proc/self/clear_refs`)
 and the high-water mark of the runner's build, two 1-step calls and one timed
@@ -59,6 +67,7 @@ rounds, for before/after tables on a noisy machine.
 
 Usage:
   .venv/bin/python tools/benchmark.py --quick
+  .venv/bin/python tools/benchmark.py --quick --watch=on --memory=none
   .venv/bin/python tools/benchmark.py --cold --cold_rounds=5
   git worktree add /tmp/before HEAD~3
   .venv/bin/python tools/benchmark.py --cold --cold_compare=/tmp/before

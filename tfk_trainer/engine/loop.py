@@ -121,6 +121,7 @@ class Driver:
         *,
         iterators: Iterators | None = None,
     ) -> dict[str, float]:
+        """One pass of evaluation (or one validation run of a fit, on its `iterators`)."""
         model = self.model
         model.reset_metrics()
         model.stop_evaluating = False  # issue 19 (5): a callback may stop it, as in Keras
@@ -151,6 +152,7 @@ class Driver:
     # -- predict -----------------------------------------------------------
 
     def predict_loop(self, plan: EpochPlan, callbacks: CallbackList) -> Any:
+        """One pass of prediction: the outputs as NumPy, in input order, padding dropped."""
         model = self.model
         model.stop_predicting = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = Iterators(model.distribute_strategy, plan, 0)
@@ -194,11 +196,15 @@ class Driver:
         validation: Callable[[], dict[str, float]] | None,
         validation_freq: Any,
     ) -> None:
+        """Trains `range(initial_epoch, epochs)` (from a restored backup's position, when
+        BackupAndRestore set one in `on_train_begin`), validating on its cadence."""
         model = self.model
         tuner = self._tuner("train", callbacks)
         model.stop_training = False
         position, resume = self._begin_fit(plan, callbacks, initial_epoch)
-        skip = 0 if resume is None else resume.consumed if plan.persistent else resume.step
+        # A resume skips the batches already drawn: from the persistent iterator's
+        # start, or from the start of the resumed epoch.
+        skip = 0 if resume is None else (resume.consumed if plan.persistent else resume.step)
         stepper = self._stepper(
             "train",
             Iterators(model.distribute_strategy, plan, position.first_epoch),

@@ -36,6 +36,14 @@ N is rounded up to a multiple of steps_per_execution (Keras runs whole
 executions on repeated data). Every fit call is checked to have run exactly N optimizer steps (`optimizer.iterations`),
 and every predict call to have returned N batches of rows.
 
+Watched-batch rows (`watch=on`, `--watch`): tfk and Keras get a callback that
+overrides the batch-end hooks (and only counts), as any per-batch callback does.
+tfk then cannot fold executions: it returns to Python after every execution of
+`spe` steps and calls the hook, as Keras does, so `tfk/ref` on these rows is the
+engine's per-execution cost (the driver's loop in Python, the hooks, the compiled
+step's extra work) against the reference loop, which calls no callback. tfk is
+checked to have called the hook exactly once per execution.
+
 Peak memory is measured per runner, each alone in a fresh subprocess: after the
 imports and the data, the process's peak RSS is reset (`/proc/self/clear_refs`)
 and the high-water mark of the runner's build, two 1-step calls and one timed
@@ -59,6 +67,7 @@ rounds, for before/after tables on a noisy machine.
 
 Usage:
   .venv/bin/python tools/benchmark.py --quick
+  .venv/bin/python tools/benchmark.py --quick --watch=on --memory=none
   .venv/bin/python tools/benchmark.py --cold --cold_rounds=5
   git worktree add /tmp/before HEAD~3
   .venv/bin/python tools/benchmark.py --cold --cold_compare=/tmp/before
@@ -96,6 +105,7 @@ INPUT_NAMES = ("numpy", "tfdata", "generator", "pydataset")
 MODE_NAMES = ("fit", "evaluate", "predict")
 STRATEGY_NAMES = ("default", "mirrored")
 JIT_NAMES = ("off", "on")
+WATCH_NAMES = ("off", "on")
 RUNNERS = ("tfk", "keras", "ref")
 
 FLAGS = flags.FLAGS
@@ -112,6 +122,13 @@ flags.DEFINE_list("spe", None, "Only these steps_per_execution values (ints).")
 flags.DEFINE_list("modes", None, f"Only these modes, from {MODE_NAMES}.")
 flags.DEFINE_list("strategies", None, f"Only these strategies, from {STRATEGY_NAMES}.")
 flags.DEFINE_list("jit", None, f"Only these jit_compile settings, from {JIT_NAMES}.")
+flags.DEFINE_list(
+    "watch",
+    None,
+    f"Only these batch-watching settings, from {WATCH_NAMES}: `on` rows pass tfk and Keras a "
+    "callback that overrides the batch-end hook (so tfk cannot fold executions: every "
+    "execution returns to Python and calls the hook); with --product, `off` unless given.",
+)
 flags.DEFINE_bool(
     "product",
     False,
@@ -169,10 +186,14 @@ class Config:
     mode: str
     strategy: str = "default"
     jit: str = "off"
+    watch: str = "off"  # "on": a callback watches every batch (no folded executions)
     steps: int | None = None  # timed steps; None: the workload's default
 
     def key(self) -> str:
-        return f"{self.workload}/{self.input}/spe={self.spe}/{self.mode}/{self.strategy}/jit={self.jit}"
+        return (
+            f"{self.workload}/{self.input}/spe={self.spe}/{self.mode}/{self.strategy}"
+            f"/jit={self.jit}" + ("/watched" if self.watch == "on" else "")
+        )
 
 
 # -- the curated matrices ----------------------------------------------------------
@@ -198,6 +219,19 @@ def quick_matrix() -> list[Config]:
         c("fashion_mlp", "numpy", 16, "predict"),
         c("cnn", "numpy", 16, "fit"),
         c("transformer", "numpy", 16, "fit"),
+        *watched_rows(),
+    ]
+
+
+def watched_rows() -> list[Config]:
+    """Fit with a callback that watches every batch: one execution of `spe` steps per
+    call of the compiled function, each followed by the batch hooks, so these rows
+    measure the engine's per-execution work in Python against the reference loop."""
+    c = Config
+    return [
+        c("tiny_mlp", "numpy", 1, "fit", watch="on"),
+        c("tiny_mlp", "numpy", 16, "fit", watch="on"),
+        c("fashion_mlp", "numpy", 16, "fit", watch="on"),
     ]
 
 
@@ -239,6 +273,9 @@ def standard_matrix() -> list[Config]:
             rows.append(Config(w, "numpy", spe, "fit", jit="on"))
     for inp in ("tfdata", "generator", "pydataset"):
         rows.append(Config("tiny_mlp", inp, 1, "fit", steps=WORKLOADS["tiny_mlp"].steps // 2))
+    rows += watched_rows()
+    rows += [Config("fashion_mlp", "numpy", 1, "fit", watch="on")]
+    rows += [Config("tiny_mlp", "numpy", 1, m, watch="on") for m in ("evaluate", "predict")]
     return rows
 
 
@@ -250,6 +287,7 @@ def product_matrix() -> list[Config]:
         FLAGS.modes or MODE_NAMES,
         FLAGS.strategies or STRATEGY_NAMES,
         FLAGS.jit or JIT_NAMES,
+        FLAGS.watch or ("off",),
     ]
     rows = [Config(*v) for v in itertools.product(*values)]
     if gpus_visible():
@@ -277,6 +315,7 @@ def select_matrix() -> list[Config]:
         and keep(FLAGS.modes, r.mode)
         and keep(FLAGS.strategies, r.strategy)
         and keep(FLAGS.jit, r.jit)
+        and keep(FLAGS.watch, r.watch)
     ]
 
 
@@ -287,6 +326,7 @@ def check_flag_values() -> None:
         ("modes", MODE_NAMES),
         ("strategies", STRATEGY_NAMES),
         ("jit", JIT_NAMES),
+        ("watch", WATCH_NAMES),
     ]:
         for value in getattr(FLAGS, name) or []:
             if value not in allowed:
@@ -531,8 +571,37 @@ def _optimizer():
     return keras.optimizers.Adam(1e-3)
 
 
+_WATCHER: Any = None
+
+
+def watch_callback() -> Any:
+    """A Keras callback that watches every batch end (train, test and predict) and only
+    counts: the cheapest hook a user could write that still needs every batch boundary
+    (its logs are never read, so nothing is copied from the device)."""
+    global _WATCHER
+    if _WATCHER is None:
+
+        class WatchBatches(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.batches = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.batches += 1
+
+            def on_test_batch_end(self, batch, logs=None):
+                self.batches += 1
+
+            def on_predict_batch_end(self, batch, logs=None):
+                self.batches += 1
+
+        _WATCHER = WatchBatches
+    return _WATCHER()
+
+
 class ModelRunner:
-    """`tfk` or `keras`: the public fit/evaluate/predict API."""
+    """`tfk` or `keras`: the public fit/evaluate/predict API (with `watch=on`, a callback
+    that watches every batch end)."""
 
     def __init__(self, kind: str, cfg: Config, data: Data, strategy, pyds_classes):
         self.kind, self.cfg, self.data = kind, cfg, data
@@ -570,6 +639,9 @@ class ModelRunner:
             source = {"x": gen} if finite else {"x": gen, "steps": steps}
         else:
             source = {"x": self.pyds(data.pool, steps)}
+        watcher = watch_callback() if cfg.watch == "on" else None
+        if watcher is not None:
+            source["callbacks"] = [watcher]
         if cfg.mode == "fit":
             if "steps" in source:
                 source["steps_per_epoch"] = source.pop("steps")
@@ -586,6 +658,12 @@ class ModelRunner:
                 raise AssertionError(
                     f"{self.kind} predict returned {len(out)} rows, not {steps * bs}"
                 )
+        if self.kind == "tfk" and watcher is not None and watcher.batches != -(-steps // cfg.spe):
+            # Not folded: one hook call per execution of `spe` steps.
+            raise AssertionError(
+                f"{self.kind} called the batch hook {watcher.batches} times for {steps} "
+                f"steps at spe={cfg.spe}"
+            )
 
 
 class ReferenceRunner:
@@ -920,6 +998,8 @@ def memory_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         c = row["config"]
         if c["input"] != "numpy" or c["strategy"] != "default" or c["jit"] != "off":
+            continue
+        if c.get("watch") == "on":  # the same memory as the row without the callback
             continue
         if mode == "one" and (c["workload"] in seen or c["mode"] != "fit"):
             continue
@@ -1376,7 +1456,7 @@ def _warm_cell(row: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "| workload | input | spe | mode | strategy | jit | tfk samples/s | keras samples/s "
+    "| workload | input | spe | mode | strategy | jit | watched | tfk samples/s | keras samples/s "
     "| ref samples/s | tfk/keras (median) | tfk/ref (median) | tfk/keras CPU time "
     "| tfk/ref CPU time | first-step s (tfk / keras) "
     "| warm 1-step call ms (tfk / keras / ref) | peak MB (tfk / keras / ref) |"
@@ -1389,7 +1469,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         c = row["config"]
         lines.append(
             f"| {c['workload']} | {c['input']} | {c['spe']} | {c['mode']} | {c['strategy']} "
-            f"| {c['jit']} | {_runner_cell(row, 'tfk')} | {_runner_cell(row, 'keras')} "
+            f"| {c['jit']} | {c.get('watch', 'off')} | {_runner_cell(row, 'tfk')} | {_runner_cell(row, 'keras')} "
             f"| {_runner_cell(row, 'ref')} | {_fmt_ratio(row['tfk_over_keras'])} "
             f"| {_fmt_ratio(row['tfk_over_ref'])} | {_fmt_ratio(row['tfk_over_keras_cpu'])} "
             f"| {_fmt_ratio(row['tfk_over_ref_cpu'])} | {_first_cell(row)} | {_warm_cell(row)} "
@@ -1404,6 +1484,7 @@ def _label(row: dict[str, Any]) -> str:
         f"{c['workload']} {c['mode']} {c['input']} spe={c['spe']}"
         + (f" {c['strategy']}" if c["strategy"] != "default" else "")
         + (" jit" if c["jit"] == "on" else "")
+        + (" watched" if c.get("watch") == "on" else "")
     )
 
 
@@ -1447,6 +1528,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         _check(
             "spe >= 16: tfk >= 0.95x the reference loop",
             [r for r in rows if r["config"]["spe"] >= 16],
+            "tfk_over_ref",
+            0.95,
+        ),
+        _check(
+            "watched batches (no folding): tfk >= 0.95x the reference loop",
+            [r for r in fits if r["config"].get("watch") == "on"],
             "tfk_over_ref",
             0.95,
         ),

@@ -11,6 +11,9 @@ The model's own module: it reads the model's engine state.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -30,6 +33,23 @@ from tfk_trainer.engine.loop import (
     check_validation_freq,
     validation_count,
 )
+
+
+@dataclass(frozen=True)
+class _Request:
+    """`fit`'s arguments that the setup steps read, once checked."""
+
+    batch_size: int | None
+    epochs: int
+    verbose: int
+    callbacks: Any
+    validation_data: Any
+    class_weight: dict | None
+    initial_epoch: int
+    steps_per_epoch: int | None
+    validation_steps: int | None
+    validation_batch_size: int | None
+    validation_freq: Any
 
 
 def run_fit(
@@ -54,30 +74,25 @@ def run_fit(
 ) -> History:
     """`Model.fit`'s body (see its docstring); returns the run's `History`."""
     verbose = resolve_verbose(verbose)
-    checks.check_int(epochs, "epochs", minimum=0)
-    checks.check_int(initial_epoch, "initial_epoch", minimum=0)
-    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
-        raise TypeError(
-            f"`validation_split` must be a float in [0, 1); received {validation_split!r}."
-        )
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"`validation_split` must be in [0, 1); received {validation_split}.")
-    validation_freq = check_validation_freq(validation_freq)
-    if validation_batch_size is not None:
-        checks.check_int(validation_batch_size, "validation_batch_size", minimum=1)
-
-    if validation_split and validation_data is None:
-        if not structure.is_array_structure(x):
-            raise ValueError(
-                "`validation_split` is only supported for NumPy arrays and tensors; "
-                f"received x of type {type(x).__name__}. Pass `validation_data` instead."
-            )
-        (x, y, sample_weight), validation_data = adapters_lib.train_validation_split(
-            (x, y, sample_weight), validation_split
-        )
-        if validation_data[2] is None:
-            validation_data = validation_data[:2]
-
+    validation_freq = _check_arguments(
+        epochs, initial_epoch, validation_split, validation_freq, validation_batch_size
+    )
+    (x, y, sample_weight), validation_data = _split_validation(
+        (x, y, sample_weight), validation_data, validation_split
+    )
+    request = _Request(
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=verbose,
+        callbacks=callbacks,
+        validation_data=validation_data,
+        class_weight=class_weight,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        validation_batch_size=validation_batch_size,
+        validation_freq=validation_freq,
+    )
     opened: list = []  # every adapter made here, closed on every path out
     try:
         adapter = data_factory.get_adapter(
@@ -90,22 +105,7 @@ def run_fit(
             static=runs.static_mode(model, training=True),
         )
         opened.append(adapter)
-        callback_list, run, history = _setup(
-            model,
-            adapter,
-            opened,
-            batch_size=batch_size,
-            epochs=epochs,
-            verbose=verbose,
-            callbacks=callbacks,
-            validation_data=validation_data,
-            class_weight=class_weight,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
-            validation_batch_size=validation_batch_size,
-            validation_freq=validation_freq,
-        )
+        callback_list, run, history = _setup(model, adapter, opened, request)
         try:
             run()
         except BaseException:
@@ -117,35 +117,98 @@ def run_fit(
     return history
 
 
-def _setup(
-    model: Any,
-    adapter: Any,
-    opened: list,
-    *,
-    batch_size: int | None,
+def _check_arguments(
     epochs: int,
-    verbose: int,
-    callbacks: Any,
-    validation_data: Any,
-    class_weight: dict | None,
     initial_epoch: int,
-    steps_per_epoch: int | None,
-    validation_steps: int | None,
-    validation_batch_size: int | None,
+    validation_split: Any,
     validation_freq: Any,
-) -> tuple[CallbackList, Any, History]:
+    validation_batch_size: int | None,
+) -> Any:
+    """Checks the scalar arguments before any data is touched; returns the
+    normalised `validation_freq` (an int, or a set of 1-indexed epochs)."""
+    checks.check_int(epochs, "epochs", minimum=0)
+    checks.check_int(initial_epoch, "initial_epoch", minimum=0)
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+        raise TypeError(
+            f"`validation_split` must be a float in [0, 1); received {validation_split!r}."
+        )
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"`validation_split` must be in [0, 1); received {validation_split}.")
+    validation_freq = check_validation_freq(validation_freq)
+    if validation_batch_size is not None:
+        checks.check_int(validation_batch_size, "validation_batch_size", minimum=1)
+    return validation_freq
+
+
+def _split_validation(
+    arrays: tuple, validation_data: Any, validation_split: float
+) -> tuple[tuple, Any]:
+    """`((x, y, sample_weight), validation_data)`: with `validation_split` (and no
+    `validation_data`), the last part of the arrays becomes the validation data."""
+    if not validation_split or validation_data is not None:
+        return arrays, validation_data
+    if not structure.is_array_structure(arrays[0]):
+        raise ValueError(
+            "`validation_split` is only supported for NumPy arrays and tensors; "
+            f"received x of type {type(arrays[0]).__name__}. Pass `validation_data` instead."
+        )
+    arrays, validation_data = adapters_lib.train_validation_split(arrays, validation_split)
+    if validation_data[2] is None:
+        validation_data = validation_data[:2]
+    return arrays, validation_data
+
+
+def _setup(
+    model: Any, adapter: Any, opened: list, request: _Request
+) -> tuple[CallbackList, Callable[[], None], History]:
     """Everything between the training adapter and the first epoch:
-    `(callbacks, run, the History that run fills)`."""
-    state = model._state
+    `(callbacks, run, the History that run fills)`. Adapters it makes are added
+    to `opened` as soon as they exist."""
+    plan = _training_plan(model, adapter, request)
+    _build(model, adapter, request.class_weight)
+    run_state = runs.new_run_state(model, "fit")
+    driver = Driver(model, run_state)
+    validate = None
+    if request.validation_data is not None:
+        validate = _validation(model, driver, adapter, opened, request)
+    history = History()
+    callback_list = _callback_list(model, request, plan, run_state, history)
+    validation = None if validate is None else functools.partial(validate, callback_list)
+
+    def run() -> None:
+        runs.run_guarded(
+            model.distribute_strategy,
+            driver.fit_loop,
+            plan,
+            callback_list,
+            initial_epoch=request.initial_epoch,
+            epochs=request.epochs,
+            validation=validation,
+            validation_freq=request.validation_freq,
+        )
+        model.history = history
+
+    return callback_list, run, history
+
+
+def _training_plan(model: Any, adapter: Any, request: _Request) -> EpochPlan:
+    """The training epochs' plan, after the checks that need only the adapter."""
     if runs.static_mode(model, training=True):
         build.check_static_batch(model.distribute_strategy, adapter)
-    plan = EpochPlan.create(adapter, steps_per_epoch, "steps_per_epoch")
-    if adapter.one_shot and steps_per_epoch is None and epochs - initial_epoch > 1:
+    plan = EpochPlan.create(adapter, request.steps_per_epoch, "steps_per_epoch")
+    epochs = request.epochs - request.initial_epoch
+    if adapter.one_shot and request.steps_per_epoch is None and epochs > 1:
         raise ValueError(
             "`x` is a one-shot generator, which provides a single pass of data, but "
-            f"fit() was asked for {epochs - initial_epoch} epochs. Pass `steps_per_epoch` "
+            f"fit() was asked for {epochs} epochs. Pass `steps_per_epoch` "
             "(with an infinite generator), or a callable that returns a fresh generator."
         )
+    return plan
+
+
+def _build(model: Any, adapter: Any, class_weight: dict | None) -> None:
+    """Builds the network and the step for the training data, and checks the labels."""
+    state = model._state
     build.build_network(model, adapter.element_spec[0])
     if class_weight is not None and tf.nest.is_nested(state.output_structure):
         raise ValueError(
@@ -156,87 +219,78 @@ def _setup(
     build.ensure_built(model, adapter.element_spec)
     build.check_labels(model, adapter)
 
-    run_state = runs.new_run_state(model, "fit")
-    driver = Driver(model, run_state)
-    validation = None
-    if validation_data is not None:
-        vx, vy, vsw = unpack_validation_data(validation_data)
-        val_adapter = data_factory.get_adapter(
-            vx,
-            vy,
-            vsw,
-            batch_size=(validation_batch_size or batch_size)
-            if structure.is_array_structure(vx)
-            else validation_batch_size,
-            shuffle=False,
-            static=runs.static_mode(model, training=False),
-            argument="validation_data",
+
+def _validation(
+    model: Any, driver: Driver, adapter: Any, opened: list, request: _Request
+) -> Callable[[CallbackList], dict[str, float]]:
+    """Makes the validation adapter (added to `opened`) and checks it against the
+    training data; returns `validate(callbacks) -> logs`, one validation run."""
+    vx, vy, vsw = unpack_validation_data(request.validation_data)
+    val_adapter = data_factory.get_adapter(
+        vx,
+        vy,
+        vsw,
+        batch_size=(request.validation_batch_size or request.batch_size)
+        if structure.is_array_structure(vx)
+        else request.validation_batch_size,
+        shuffle=False,
+        static=runs.static_mode(model, training=False),
+        argument="validation_data",
+    )
+    opened.append(val_adapter)
+    build.check_validation_inputs(model, val_adapter.element_spec, adapter.element_spec)
+    build.check_labels(model, val_adapter, "validation_data")
+    val_plan = EpochPlan.create(val_adapter, request.validation_steps, "validation_steps")
+    # Validation restarts from the beginning each time, except a one-shot
+    # generator, which can only continue where the last validation stopped.
+    val_plan.persistent = val_adapter.one_shot
+    if (
+        val_adapter.one_shot
+        and request.validation_steps is None
+        and validation_count(request.initial_epoch, request.epochs, request.validation_freq) > 1
+    ):
+        raise ValueError(
+            "`validation_data` is a one-shot generator, which provides a single pass "
+            "of data, but validation runs more than once. Pass `validation_steps` "
+            "(with an infinite generator), or a callable that returns a fresh generator."
         )
-        opened.append(val_adapter)
-        build.check_validation_inputs(model, val_adapter.element_spec, adapter.element_spec)
-        build.check_labels(model, val_adapter, "validation_data")
-        val_plan = EpochPlan.create(val_adapter, validation_steps, "validation_steps")
-        # Validation restarts from the beginning each time, except a one-shot
-        # generator, which can only continue where the last validation stopped.
-        val_plan.persistent = val_adapter.one_shot
-        if (
-            val_adapter.one_shot
-            and validation_steps is None
-            and validation_count(initial_epoch, epochs, validation_freq) > 1
-        ):
-            raise ValueError(
-                "`validation_data` is a one-shot generator, which provides a single pass "
-                "of data, but validation runs more than once. Pass `validation_steps` "
-                "(with an infinite generator), or a callable that returns a fresh generator."
-            )
-        persistent_val = Iterators(model.distribute_strategy, val_plan, 0)
+    strategy = model.distribute_strategy
+    persistent_val = Iterators(strategy, val_plan, 0)
 
-        def validation() -> dict[str, float]:
-            iterators = (
-                persistent_val
-                if val_plan.persistent
-                else Iterators(model.distribute_strategy, val_plan, 0)
-            )
-            return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
+    def validate(callback_list: CallbackList) -> dict[str, float]:
+        iterators = persistent_val if val_plan.persistent else Iterators(strategy, val_plan, 0)
+        return driver.evaluate_loop(val_plan, callback_list, iterators=iterators)
 
-    history = History()
-    user_callbacks = runs.callback_objects(callbacks)
-    # History (and the progress bar) come after the user's callbacks, as in
-    # Keras, so keys a callback adds to the epoch logs (learning_rate) are kept.
+    return validate
+
+
+def _callback_list(
+    model: Any, request: _Request, plan: EpochPlan, run_state: Any, history: History
+) -> CallbackList:
+    """The run's callbacks: the user's, then `history` and (with `verbose`, unless the
+    user passed one) a progress bar, as in Keras, so keys a callback adds to the epoch
+    logs (learning_rate) reach the History."""
+    user_callbacks = runs.callback_objects(request.callbacks)
     all_callbacks = user_callbacks + [history]
+    verbose = request.verbose
     if verbose and not any(
         isinstance(cb, (ProgbarLogger, keras.callbacks.ProgbarLogger)) for cb in user_callbacks
     ):
         all_callbacks.append(
             ProgbarLogger(runs.progbar_verbose(model.distribute_strategy, verbose))
         )
-    callback_list = CallbackList(
+    return CallbackList(
         all_callbacks,
         model=model,
         params={
             "verbose": verbose,
-            "epochs": epochs,
+            "epochs": request.epochs,
             "steps": plan.steps,
-            "batch_size": adapter.batch_size,
-            "steps_per_execution": state.compile_config.steps_per_execution,
+            "batch_size": plan.adapter.batch_size,
+            "steps_per_execution": model._state.compile_config.steps_per_execution,
         },
         run_state=run_state,
     )
-
-    def run() -> None:
-        runs.run_guarded(
-            model.distribute_strategy,
-            driver.fit_loop,
-            plan,
-            callback_list,
-            initial_epoch=initial_epoch,
-            epochs=epochs,
-            validation=validation,
-            validation_freq=validation_freq,
-        )
-        model.history = history
-
-    return callback_list, run, history
 
 
 def unpack_validation_data(validation_data: Any) -> tuple:

@@ -1,31 +1,30 @@
-"""The Python epoch driver: epochs, executions, validation cadence, callbacks.
+"""The Python epoch driver: epochs, validation cadence, callbacks.
 
-It owns policy and nothing numeric: how many steps the next execution may
-run (capped at the steps left in the epoch), when an iterator is fresh or
-persists across epochs, when to validate, and which hooks to call with
-which step index. Numbers stay on the device until a reader needs them.
+It owns policy and nothing numeric: when an epoch starts and ends, when an
+iterator is fresh or persists across epochs, where training resumes, when
+to validate, and which hooks to call with which step index. Running each
+execution (its length, the XLA fallback, end of data, changes of shape) is
+the `Stepper`'s (engine/stepper.py), the one execution loop of fit,
+evaluate and predict. Numbers stay on the device until a reader needs them.
+
+`EpochPlan` and `Iterators` live in engine/stepper.py; they are re-exported
+here for the modules that import them from the driver.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer import distribute
-from tfk_trainer.data.base import DataAdapter
-from tfk_trainer.engine import predict_order
-from tfk_trainer.engine.execution import XlaFallback
 from tfk_trainer.engine.logs import LazyLogs
 from tfk_trainer.engine.run_state import Position, RunState
-from tfk_trainer.engine.tuning import StepsPerExecutionTuner, cut_at_intervals
+from tfk_trainer.engine.stepper import EpochPlan, Iterators, Stepper
+from tfk_trainer.engine.tuning import StepsPerExecutionTuner
 
 if TYPE_CHECKING:  # the driver receives a CallbackList; it never imports the callbacks
     from tfk_trainer.callbacks.base import CallbackList
@@ -33,116 +32,6 @@ if TYPE_CHECKING:  # the driver receives a CallbackList; it never imports the ca
 __all__ = ["Driver", "EpochPlan", "Iterators", "PeerUnavailableError", "Position"]
 
 log = logging.getLogger("tfk_trainer")
-
-
-@dataclass
-class EpochPlan:
-    """How many steps an epoch runs, and where its batches come from."""
-
-    adapter: DataAdapter
-    steps: int | None  # None: until the data ends
-    persistent: bool  # one iterator for all epochs (steps_per_epoch given)
-
-    @classmethod
-    def create(cls, adapter: DataAdapter, steps: int | None, argument: str) -> EpochPlan:
-        if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-                raise TypeError(f"`{argument}` must be a positive int or None; received {steps!r}.")
-            steps = int(steps)
-            if steps == -1:
-                if not adapter.is_infinite and adapter.num_batches is not None:
-                    steps = None
-                else:
-                    return cls(adapter, None, persistent=True)
-            elif steps <= 0:
-                raise ValueError(
-                    f"`{argument}` must be a positive int, -1 or None; received {steps}."
-                )
-            else:
-                return cls(adapter, steps, persistent=True)
-        if adapter.is_infinite:
-            raise ValueError(
-                f"The data is infinite (a repeating dataset) and `{argument}` is None, so an "
-                f"epoch would never end. Pass `{argument}` (the number of batches per epoch)."
-            )
-        return cls(adapter, adapter.num_batches, persistent=False)
-
-
-class Iterators:
-    """Creates distributed iterators for an adapter, fresh or persistent.
-
-    `skip` starts an iterator part-way into its data, for an exact resume:
-    array epochs are pure functions of `(seed, epoch)`, so skipping the
-    batches already trained reproduces the rest of the epoch.
-    """
-
-    def __init__(self, strategy: tf.distribute.Strategy, plan: EpochPlan, first_epoch: int):
-        self._strategy = strategy
-        self._plan = plan
-        self._first_epoch = first_epoch
-        self._persistent = None
-        multi_worker = distribute.is_multi_worker(strategy)
-        if multi_worker:
-            plan.adapter.relax_all_dims()  # workers cannot agree on a mid-epoch shape change
-        # Exact executions read without an end-of-data check. Across workers each
-        # worker's shard may hold a different number of batches, so never there.
-        # A persistent iterator over data that does not repeat may run out: checked too.
-        self.exact = (
-            plan.adapter.exact_batches
-            and not multi_worker
-            and (not plan.persistent or plan.adapter.can_repeat)
-        )
-
-    @property
-    def adapter(self) -> DataAdapter:
-        return self._plan.adapter
-
-    def _make(self, epoch: int, repeat: bool, skip: int = 0):
-        distributed = self._plan.adapter.distribute(
-            self._strategy,
-            repeat=repeat,
-            first_epoch=epoch,
-            skip=skip,
-            per_host=distribute.per_host_input(self._strategy),
-        )
-        # How the input was split decides the order of predictions (predict_order.py).
-        return predict_order.tag_input(iter(distributed), distributed)
-
-    def for_epoch(self, epoch: int, skip: int = 0):
-        if not self._plan.persistent:
-            return self._make(epoch, repeat=False, skip=skip)
-        if self._persistent is None:
-            self._persistent = self._make(
-                self._first_epoch, repeat=self._plan.adapter.can_repeat, skip=skip
-            )
-        return self._persistent
-
-    def reset(self, epoch: int):
-        """A fresh iterator after an XLA fallback (nothing was trained)."""
-        self._persistent = None
-        return self.for_epoch(epoch)
-
-    def continue_after_spec_change(self, epoch: int):
-        """The iterator that carries on after a Python source's batches changed shape.
-
-        The adapter's next dataset continues exactly where the last one
-        stopped, so no skip is needed; for a persistent iterator it replaces
-        the old one for later epochs too.
-        """
-        if not self._plan.persistent:
-            return self._make(epoch, repeat=False)
-        self._persistent = self._make(epoch, repeat=self._plan.adapter.can_repeat)
-        return self._persistent
-
-    def after_execution(self, iterator: Any, epoch: int, ran: int, requested: int):
-        """`(iterator to go on with, whether the data ended)` after an execution that ran
-        `ran` of `requested` steps. Ending early because a Python source changed shape
-        is not the end of the data: a new iterator continues it."""
-        if ran >= requested:
-            return iterator, False
-        if self._plan.adapter.spec_changed:
-            return self.continue_after_spec_change(epoch), False
-        return iterator, True
 
 
 class PeerUnavailableError(RuntimeError):
@@ -168,15 +57,6 @@ def peer_unavailable(error: BaseException) -> PeerUnavailableError | None:
     )
 
 
-def _execute(function: Callable, adapter: DataAdapter, *args) -> Any:
-    """Runs one execution; a Python producer's exception surfaces as itself."""
-    try:
-        return function(*args)
-    except tf.errors.OpError:
-        adapter.raise_pending_error()
-        raise
-
-
 def _optimizer_step(model: Any) -> int:
     """The optimizer's step count, read on the host (0 without an optimizer)."""
     iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
@@ -186,41 +66,37 @@ def _optimizer_step(model: Any) -> int:
     return int(np.asarray(value).reshape(()))
 
 
-@functools.lru_cache(maxsize=256)
-def _steps_tensor(steps: int) -> tf.Tensor:
-    """The execution's step count as a tensor, made once per value (not per call)."""
-    return tf.constant(steps, tf.int64)
-
-
-def _run_execution(
-    function: Callable,
-    iterators: Iterators,
-    iterator: Any,
-    requested: int,
-    tuner: StepsPerExecutionTuner | None,
-) -> Any:
-    """One execution of up to `requested` steps; timed (host-synced) while `tuner` measures."""
-    timing = tuner is not None and tuner.measuring
-    started = time.perf_counter() if timing else 0.0
-    out = _execute(function, iterators.adapter, iterator, _steps_tensor(requested), iterators.exact)
-    if timing:
-        ran = out[0] if isinstance(out, tuple) else out
-        tuner.observe(int(ran), time.perf_counter() - started)
-    return out
-
-
 class Driver:
     """Runs fit, evaluate and predict over a run's compiled functions.
 
     `model` is used only through its public API (`reset_metrics`,
     `metrics_names`, `distribute_strategy`, `stop_training`, `optimizer`); everything of the
     engine (compiled functions, execution lengths, the training position)
-    comes from `state`, the run's `RunState`.
+    comes from `state`, the run's `RunState`. Running executions (lengths, the
+    XLA fallback, end of data, changes of shape) is the `Stepper`'s
+    (engine/stepper.py); the loops here add the hooks and what their mode keeps.
     """
 
     def __init__(self, model: Any, state: RunState):
         self.model = model
         self.state = state
+        self._ran_out_warned = False  # issue 19 (17): said once per fit
+
+    def _stepper(
+        self,
+        mode: str,
+        iterators: Iterators,
+        tuner: StepsPerExecutionTuner | None,
+        **options: Any,
+    ) -> Stepper:
+        """The stepper over this run's compiled `mode` function ("train", "test", "predict")."""
+        return Stepper(
+            getattr(self.state.executor, mode),
+            iterators,
+            self.state.execution_lengths,
+            tuner,
+            **options,
+        )
 
     def _tuner(self, mode: str, callbacks: CallbackList) -> StepsPerExecutionTuner | None:
         """The tuner that sets this call's execution lengths (None: the compiled value)."""
@@ -233,9 +109,8 @@ class Driver:
             tuner.reset_for_call()
         return tuner
 
-    def _requested(self, tuner: StepsPerExecutionTuner | None, plan: EpochPlan, step: int) -> int:
-        steps_left = None if plan.steps is None else plan.steps - step
-        return self.state.execution_lengths.steps(tuner, steps_left)
+    def _lazy_logs(self) -> LazyLogs:
+        return LazyLogs(self.model.metrics_names, self.state.read_logs)
 
     # -- evaluate ----------------------------------------------------------
 
@@ -246,36 +121,23 @@ class Driver:
         *,
         iterators: Iterators | None = None,
     ) -> dict[str, float]:
+        """One pass of evaluation (or one validation run of a fit, on its `iterators`)."""
         model = self.model
         model.reset_metrics()
         model.stop_evaluating = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = iterators or Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_test_begin()
         plan.adapter.on_epoch_begin(0)
-        iterator = iterators.for_epoch(0)
-        function = self.state.executor.test
-        tuner = self._tuner("test", callbacks)
+        stepper = self._stepper(
+            "test", iterators, self._tuner("test", callbacks), on_restart=model.reset_metrics
+        )
+        stepper.start_epoch(0)
+        watched = callbacks.wants_batch("on_test_batch_end")
         step = 0
-        while plan.steps is None or step < plan.steps:
-            callbacks.on_test_batch_begin(step)
-            requested = self._requested(tuner, plan, step)
-            try:
-                ran_t = _run_execution(function, iterators, iterator, requested, tuner)
-            except XlaFallback:
-                iterator = iterators.reset(0)
-                model.reset_metrics()
-                continue
-            exact = plan.steps is None or plan.adapter.can_change_spec
-            ran = int(ran_t) if exact else requested
-            iterator, ended = iterators.after_execution(iterator, 0, ran, requested)
-            if ran == 0:
-                if ended:
-                    break
-                continue
-            step += ran
-            if callbacks.wants_batch("on_test_batch_end"):
+        for step, _, _ in stepper.executions(0, callbacks.on_test_batch_begin):
+            if watched:
                 callbacks.on_test_batch_end(step - 1, self._lazy_logs())
-            if ended or model.stop_evaluating:  # issue 19 (5)
+            if model.stop_evaluating:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         if step == 0:
@@ -290,38 +152,28 @@ class Driver:
     # -- predict -----------------------------------------------------------
 
     def predict_loop(self, plan: EpochPlan, callbacks: CallbackList) -> Any:
+        """One pass of prediction: the outputs as NumPy, in input order, padding dropped."""
         model = self.model
         model.stop_predicting = False  # issue 19 (5): a callback may stop it, as in Keras
         iterators = Iterators(model.distribute_strategy, plan, 0)
         callbacks.on_predict_begin()
         plan.adapter.on_epoch_begin(0)
-        iterator = iterators.for_epoch(0)
-        tuner = self._tuner("predict", callbacks)
         chunks: list[Any] = []
-        step = 0
-        while plan.steps is None or step < plan.steps:
-            callbacks.on_predict_batch_begin(step)
-            requested = self._requested(tuner, plan, step)
-            try:
-                ran_t, outputs = _run_execution(
-                    self.state.executor.predict, iterators, iterator, requested, tuner
-                )
-            except XlaFallback:
-                iterator = iterators.reset(0)
-                chunks.clear()
-                continue
-            ran = int(ran_t)
-            iterator, ended = iterators.after_execution(iterator, 0, ran, requested)
-            if ran == 0:
-                if ended:
-                    break
-                continue
+        stepper = self._stepper(
+            "predict",
+            iterators,
+            self._tuner("predict", callbacks),
+            returns_outputs=True,
+            on_restart=chunks.clear,
+        )
+        stepper.start_epoch(0)
+        watched = callbacks.wants_batch("on_predict_batch_end")
+        for step, _, (_, outputs) in stepper.executions(0, callbacks.on_predict_batch_begin):
             outputs = drop_padding(outputs)
             chunks.append(outputs)
-            step += ran
-            if callbacks.wants_batch("on_predict_batch_end"):
+            if watched:
                 callbacks.on_predict_batch_end(step - 1, {"outputs": outputs})
-            if ended or model.stop_predicting:  # issue 19 (5)
+            if model.stop_predicting:  # issue 19 (5)
                 break
         plan.adapter.on_epoch_end(0)
         callbacks.on_predict_end()
@@ -344,86 +196,35 @@ class Driver:
         validation: Callable[[], dict[str, float]] | None,
         validation_freq: Any,
     ) -> None:
+        """Trains `range(initial_epoch, epochs)` (from a restored backup's position, when
+        BackupAndRestore set one in `on_train_begin`), validating on its cadence."""
         model = self.model
         tuner = self._tuner("train", callbacks)
-        adapter = plan.adapter
         model.stop_training = False
-        position = Position(
-            epoch=initial_epoch, first_epoch=initial_epoch, data_seed=getattr(adapter, "seed", None)
+        position, resume = self._begin_fit(plan, callbacks, initial_epoch)
+        # A resume skips the batches already drawn: from the persistent iterator's
+        # start, or from the start of the resumed epoch.
+        skip = 0 if resume is None else (resume.consumed if plan.persistent else resume.step)
+        stepper = self._stepper(
+            "train",
+            Iterators(model.distribute_strategy, plan, position.first_epoch),
+            tuner,
+            # Callbacks that act at multiples of N steps: executions end on those multiples.
+            intervals=callbacks.step_intervals(),
+            on_restart=model.reset_metrics,
         )
-        self.state.position = position
-        callbacks.on_train_begin()
-        resume = self.state.resume_from
-        self.state.resume_from = None
-        skip = 0
-        if resume is not None:
-            # A backup was restored (weights, optimizer, metrics): continue at its position.
-            position.epoch, position.step = resume.epoch, resume.step
-            position.first_epoch, position.consumed = resume.first_epoch, resume.consumed
-            if resume.data_seed is not None and hasattr(adapter, "seed"):
-                adapter.seed = resume.data_seed
-                position.data_seed = resume.data_seed
-            skip = resume.consumed if plan.persistent else resume.step
-        iterators = Iterators(model.distribute_strategy, plan, position.first_epoch)
-        # Callbacks that act at multiples of N steps: executions end on those multiples.
-        intervals = callbacks.step_intervals()
         epoch_logs: dict[str, float] = {}
-        ran_out_warned = False  # issue 19 (17)
         for epoch in range(position.epoch, epochs):
-            resumed_mid_epoch = resume is not None and epoch == resume.epoch and resume.step > 0
-            if not resumed_mid_epoch:
-                model.reset_metrics()
-            plan.adapter.on_epoch_begin(epoch)
-            callbacks.on_epoch_begin(epoch)
-            iterator = iterators.for_epoch(
-                epoch, skip=skip if resumed_mid_epoch or plan.persistent else 0
+            mid_epoch = resume is not None and epoch == resume.epoch and resume.step > 0
+            step = self._train_epoch(
+                stepper,
+                callbacks,
+                epoch,
+                start=position.step if mid_epoch else 0,
+                skip=skip if mid_epoch or plan.persistent else 0,
             )
             skip = 0
-            step = position.step if resumed_mid_epoch else 0
-            position.epoch, position.step = epoch, step
-            ran_out = False
-            # One host read per epoch; counted on the host in between.
-            global_step = _optimizer_step(model) if intervals else 0
-            while plan.steps is None or step < plan.steps:
-                requested = self._requested(tuner, plan, step)
-                if intervals:
-                    requested = cut_at_intervals(requested, global_step, intervals)
-                callbacks.on_train_batch_begin(step)
-                try:
-                    ran_t = _run_execution(
-                        self.state.executor.train, iterators, iterator, requested, tuner
-                    )
-                except XlaFallback:
-                    if step:
-                        raise
-                    iterator = iterators.reset(epoch)
-                    model.reset_metrics()
-                    continue
-                # Reading the count forces a host sync: only when the data may end.
-                if (
-                    plan.steps is None
-                    or (plan.persistent and not plan.adapter.can_repeat)
-                    or plan.adapter.can_change_spec
-                ):
-                    ran = int(ran_t)
-                else:
-                    ran = requested
-                iterator, ended = iterators.after_execution(iterator, epoch, ran, requested)
-                step += ran
-                position.step = step
-                position.consumed += ran
-                global_step += ran
-                if ran:
-                    if callbacks.wants_batch("on_train_batch_end"):
-                        callbacks.on_train_batch_end(step - 1, self._lazy_logs())
-                self.state.preemption_point()  # every worker, every execution (preemption.py)
-                if ended:
-                    if plan.steps is not None:
-                        ran_out = True
-                    break
-                if model.stop_training:
-                    break
-            epoch_complete = plan.steps is None or step >= plan.steps or ran_out
+            ran_out = stepper.ended and plan.steps is not None
             plan.adapter.on_epoch_end(epoch)
             if step == 0:
                 warnings.warn(
@@ -434,46 +235,120 @@ class Driver:
                 )
                 model.stop_training = True
                 break
-            epoch_logs = self.state.materialized_logs()
-            if validation is not None and should_validate(epoch, validation_freq):
-                val_logs = validation()
-                epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            epoch_logs = dict(sorted(epoch_logs.items()))
-            if epoch_complete:  # a stop mid-epoch leaves the position inside it
-                position.epoch, position.step = epoch + 1, 0
-            callbacks.on_epoch_end(epoch, epoch_logs)
-            self.state.preemption_point()
-            if ran_out and not plan.adapter.one_shot:
-                # issue 19 (17): finite data shorter than `steps_per_epoch` ends the
-                # epoch; the next one starts a fresh pass (Keras 3), said once per fit.
-                if not ran_out_warned:
-                    ran_out_warned = True
-                    warnings.warn(
-                        f"Your input ran out of data in epoch {epoch} after {step} of "
-                        f"{plan.steps} steps; each epoch ends there and the next starts a "
-                        "fresh pass over the data. Use `.repeat()` for full epochs.",
-                        stacklevel=3,
-                    )
-                iterators.reset(epoch + 1)
-            elif ran_out:
-                warnings.warn(
-                    f"Your input ran out of data in epoch {epoch} after {step} of "
-                    f"{plan.steps} steps; training stops (a one-shot generator cannot "
-                    "start again). Pass a callable returning a fresh generator, or make the "
-                    "data provide `steps_per_epoch * epochs` batches.",
-                    stacklevel=3,
-                )
+            complete = plan.steps is None or step >= plan.steps or ran_out
+            epoch_logs = self._end_epoch(callbacks, epoch, complete, validation, validation_freq)
+            if ran_out and not self._next_pass(stepper, epoch, step):
                 break
             if model.stop_training:
                 break
-        optimizer = model.optimizer
+        self._end_fit(callbacks, epochs, epoch_logs)
+
+    def _begin_fit(
+        self, plan: EpochPlan, callbacks: CallbackList, initial_epoch: int
+    ) -> tuple[Position, Position | None]:
+        """The run's `Position`, made before `on_train_begin`, and moved to the backup's
+        position if a BackupAndRestore restored one there: `(position, resume point)`."""
+        adapter = plan.adapter
+        position = Position(
+            epoch=initial_epoch, first_epoch=initial_epoch, data_seed=getattr(adapter, "seed", None)
+        )
+        self.state.position = position
+        callbacks.on_train_begin()
+        resume = self.state.resume_from
+        self.state.resume_from = None
+        if resume is not None:
+            # A backup was restored (weights, optimizer, metrics): continue at its position.
+            position.epoch, position.step = resume.epoch, resume.step
+            position.first_epoch, position.consumed = resume.first_epoch, resume.consumed
+            if resume.data_seed is not None and hasattr(adapter, "seed"):
+                adapter.seed = resume.data_seed
+                position.data_seed = resume.data_seed
+        return position, resume
+
+    def _train_epoch(
+        self, stepper: Stepper, callbacks: CallbackList, epoch: int, *, start: int, skip: int
+    ) -> int:
+        """Runs `epoch`'s training executions from step `start` (a resumed epoch starts
+        part-way, its metrics restored, not reset); returns the steps done in the epoch."""
+        model, position = self.model, self.state.position
+        if start == 0:
+            model.reset_metrics()
+        stepper.adapter.on_epoch_begin(epoch)
+        callbacks.on_epoch_begin(epoch)
+        # One host read of the optimizer's step per epoch, and only for step intervals.
+        global_step = _optimizer_step(model) if stepper.has_intervals else 0
+        stepper.start_epoch(epoch, skip=skip, global_step=global_step)
+        position.epoch, position.step = epoch, start
+        watched = callbacks.wants_batch("on_train_batch_end")
+        step = start
+        for step, ran, _ in stepper.executions(start, callbacks.on_train_batch_begin):
+            position.step = step
+            position.consumed += ran
+            self._after_execution(callbacks, step, watched)
+            if model.stop_training:
+                break
+        return step
+
+    def _after_execution(self, callbacks: CallbackList, step: int, watched: bool) -> None:
+        """What runs on the host after each training execution that ran steps (`step`:
+        the steps done in the epoch, the position already advanced): the batch-end
+        hook. Any other per-execution check of a fit belongs here, after the hook."""
+        if watched:
+            callbacks.on_train_batch_end(step - 1, self._lazy_logs())
+        self.state.preemption_point()  # every worker, every execution (preemption.py)
+
+    def _end_epoch(
+        self,
+        callbacks: CallbackList,
+        epoch: int,
+        complete: bool,
+        validation: Callable[[], dict[str, float]] | None,
+        validation_freq: Any,
+    ) -> dict[str, float]:
+        """The epoch's logs (validated on its cadence), the position moved past a
+        complete epoch (a stop mid-epoch leaves it inside), then `on_epoch_end`."""
+        epoch_logs = self.state.materialized_logs()
+        if validation is not None and should_validate(epoch, validation_freq):
+            val_logs = validation()
+            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        epoch_logs = dict(sorted(epoch_logs.items()))
+        if complete:
+            self.state.position.epoch, self.state.position.step = epoch + 1, 0
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        self.state.preemption_point()
+        return epoch_logs
+
+    def _next_pass(self, stepper: Stepper, epoch: int, step: int) -> bool:
+        """Finite data ran out before `steps_per_epoch`: whether training goes on with a
+        fresh pass over the data (Keras 3, issue 19 (17)). A one-shot generator cannot
+        start again, so training stops there."""
+        plan = stepper.plan
+        if plan.adapter.one_shot:
+            warnings.warn(
+                f"Your input ran out of data in epoch {epoch} after {step} of "
+                f"{plan.steps} steps; training stops (a one-shot generator cannot "
+                "start again). Pass a callable returning a fresh generator, or make the "
+                "data provide `steps_per_epoch * epochs` batches.",
+                stacklevel=4,
+            )
+            return False
+        if not self._ran_out_warned:
+            self._ran_out_warned = True
+            warnings.warn(
+                f"Your input ran out of data in epoch {epoch} after {step} of "
+                f"{plan.steps} steps; each epoch ends there and the next starts a "
+                "fresh pass over the data. Use `.repeat()` for full epochs.",
+                stacklevel=4,
+            )
+        stepper.iterators.reset(epoch + 1)
+        return True
+
+    def _end_fit(self, callbacks: CallbackList, epochs: int, epoch_logs: dict[str, float]) -> None:
+        optimizer = self.model.optimizer
         if getattr(optimizer, "use_ema", False) and epochs > 0:
             # Keras's fit ends by moving an EMA optimizer's averages into the weights.
-            optimizer.finalize_variable_values(model.trainable_variables)
+            optimizer.finalize_variable_values(self.model.trainable_variables)
         callbacks.on_train_end(epoch_logs)
-
-    def _lazy_logs(self) -> LazyLogs:
-        return LazyLogs(self.model.metrics_names, self.state.read_logs)
 
 
 def drop_padding(outputs_and_valid: tuple) -> Any:

@@ -215,11 +215,14 @@ def test_data_modules_have_no_lazy_imports():
 
 
 def test_data_layers():
-    """Adapters sit on `base`, `structure`, `class_weight` and `py_dataset`; `factory`
+    """Adapters sit on `base`, `structure`, `composite`, `class_weight` and `py_dataset`; `factory`
     on the adapters; nothing in data/ imports from outside it or from `factory`."""
     graph = import_graph(PACKAGE_ROOT, "tfk_trainer")
     data = _data_modules(graph)
-    bottom = {f"{DATA}.{name}" for name in ("base", "structure", "class_weight", "py_dataset")}
+    bottom = {
+        f"{DATA}.{name}"
+        for name in ("base", "structure", "composite", "class_weight", "py_dataset")
+    }
     adapters = {f"{DATA}.{name}" for name in ("adapters", "functions", "python_sources", "static")}
     assert bottom | adapters | {DATA, f"{DATA}.factory"} == data, "a new data/ module: place it"
     for module in sorted(data):

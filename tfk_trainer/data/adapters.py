@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfk_trainer.data import class_weight as class_weight_lib
-from tfk_trainer.data import structure
+from tfk_trainer.data import composite, structure
 from tfk_trainer.data.base import DataAdapter, Transform
 from tfk_trainer.data.structure import PaddedBatch
 
@@ -53,41 +53,6 @@ def _host_array(value: Any) -> np.ndarray:
     doubled before the first step. Batches are copies of its rows (`_take`), or
     slices TensorFlow may adopt in place (in order), read while the call runs."""
     return value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
-
-
-def _row_form(leaf: Any) -> Any:
-    """A leaf in the form whose rows `_gather_rows` takes.
-
-    A `tf.SparseTensor` cannot be gathered by row: its entries are regrouped
-    by row once, as ragged `(indices, values)` whose row `i` holds the
-    entries of sparse row `i` (Keras's `TensorflowSparseWrapper` does the
-    same). Dense and ragged tensors are gathered as they are.
-    """
-    if not isinstance(leaf, tf.SparseTensor):
-        return leaf
-    leaf = tf.sparse.reorder(leaf)
-    splits = tf.ragged.segment_ids_to_row_splits(
-        leaf.indices[:, 0], num_segments=leaf.dense_shape[0]
-    )
-    return (
-        tf.RaggedTensor.from_row_splits(leaf.indices[:, 1:], splits),
-        tf.RaggedTensor.from_row_splits(leaf.values, splits),
-    )
-
-
-def _gather_rows(like: Any, form: Any, rows: tf.Tensor) -> Any:
-    """Rows `rows` of a leaf in its `_row_form` (`like`: the leaf, for its kind and
-    shape): a tensor, a `tf.RaggedTensor` or a `tf.SparseTensor` of `len(rows)` rows."""
-    if not isinstance(like, tf.SparseTensor):
-        return tf.gather(form, rows, axis=0)
-    indices, values = (tf.gather(part, rows) for part in form)
-    row_ids = indices.value_rowids()
-    tail = like.shape.as_list()[1:]
-    return tf.SparseTensor(
-        tf.concat([row_ids[:, tf.newaxis], indices.flat_values], axis=1),
-        values.flat_values,
-        tf.concat([tf.shape(rows, out_type=tf.int64), tf.constant(tail, tf.int64)], axis=0),
-    )
 
 
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -134,26 +99,14 @@ class ArrayAdapter(DataAdapter):
             raise ValueError(
                 f'`shuffle` must be True, False or "batch"; received shuffle={shuffle!r}.'
             )
-        x, y, sample_weight = (structure.lists_to_tuples(v) for v in (x, y, sample_weight))
-        x = tf.nest.map_structure(lambda a: structure.to_array(a, "x"), x)
-        y = None if y is None else tf.nest.map_structure(lambda a: structure.to_array(a, "y"), y)
-        if sample_weight is not None:
-            sample_weight = tf.nest.map_structure(
-                lambda a: structure.to_array(a, "sample_weight"), sample_weight
-            )
-        self._num_samples = structure.check_consistent_lengths(
-            {"x": x, "y": y, "sample_weight": sample_weight}
-        )
-        if sample_weight is not None and y is None:
-            raise ValueError("`sample_weight` was given without `y`; weights apply to targets.")
+        self._data, self._num_samples = structure.to_arrays(x, y, sample_weight)
         self._batch_size = (
             self._num_samples if whole_batch else min(batch_size or 32, self._num_samples)
         )
         self._shuffle = shuffle
-        self._data = structure.pack_x_y_sample_weight(x, y, sample_weight)
         self._flat_arrays = None  # the leaves as NumPy arrays, made on first use
         self._data_tensors = None  # `_data` as tensors (small data), made on first use
-        self._row_forms = None  # the leaves of `_data_tensors` in `_row_form`, on first use
+        self._row_forms = None  # `_data_tensors`' leaves as `composite.row_form`s
         # Small data is placed in the pipeline as tensors (the fastest reads; a
         # serialised pipeline then carries it as a constant of at most this
         # size); larger data stays outside every graph, read by NumPy. Ragged and
@@ -314,12 +267,16 @@ class ArrayAdapter(DataAdapter):
             @_plain
             def gather_tensors(idx, forms):
                 rows = tf.maximum(idx, 0)
-                flat = [_gather_rows(leaf, form, rows) for leaf, form in zip(leaves, forms)]
+                flat = [
+                    composite.gather_rows(leaf, form, rows) for leaf, form in zip(leaves, forms)
+                ]
                 batch = tf.nest.pack_sequence_as(self._data, flat)
                 return self._finish_batch(batch, idx, batch_size)
 
             if self._row_forms is None:  # once per adapter (a sparse leaf is regrouped)
-                self._row_forms = tuple(_row_form(t) for t in tf.nest.flatten(self._tensors()))
+                self._row_forms = tuple(
+                    composite.row_form(t) for t in tf.nest.flatten(self._tensors())
+                )
             data = tf.data.Dataset.from_tensors(self._row_forms).repeat()
             return tf.data.Dataset.zip((indices, data)).map(
                 gather_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

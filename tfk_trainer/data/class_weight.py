@@ -32,9 +32,7 @@ def validate(class_weight: Any) -> None:
         try:
             weight = float(value)
         except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"`class_weight[{key}]` must be a number; received {value!r}."
-            ) from e
+            raise TypeError(f"`class_weight[{key}]` must be a number; received {value!r}.") from e
         if not np.isfinite(weight) or weight < 0:
             raise ValueError(
                 f"`class_weight[{key}]` must be a finite, non-negative number; received {value!r}."

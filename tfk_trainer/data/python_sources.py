@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfk_trainer.data import structure
+from tfk_trainer.data import composite, structure
 from tfk_trainer.data.base import DataAdapter
 from tfk_trainer.data.class_weight import apply_to_dataset
 from tfk_trainer.data.py_dataset import PyDataset
@@ -96,20 +96,6 @@ def _concrete_spec(batch: tuple) -> tuple:
     )
 
 
-def _kind(leaf: Any) -> str:
-    """The NumPy kind of a leaf's dtype ("f", "i", "S", ...), dense or composite."""
-    if not structure.is_composite(leaf):
-        return np.asarray(leaf).dtype.kind
-    return "S" if leaf.dtype == tf.string else np.dtype(leaf.dtype.as_numpy_dtype).kind
-
-
-def _cast_like(leaf: Any, first: Any) -> Any:
-    """A later batch's leaf in the first batch's dtype (the spec's)."""
-    if structure.is_composite(leaf):
-        return leaf if leaf.dtype == first.dtype else tf.cast(leaf, first.dtype)
-    return np.asarray(leaf, dtype=np.asarray(first).dtype)
-
-
 class _PythonSource(DataAdapter):
     """Shared machinery: spec from the first batch, checks, error capture."""
 
@@ -170,7 +156,7 @@ class _PythonSource(DataAdapter):
         for a, b in zip(tf.nest.flatten(batch), tf.nest.flatten(self._first)):
             if (
                 structure.leaf_rank(a) != structure.leaf_rank(b)
-                or _kind(a) != _kind(b)
+                or composite.numpy_kind(a) != composite.numpy_kind(b)
                 or type(a) is not type(b)
                 and (structure.is_composite(a) or structure.is_composite(b))
             ):
@@ -178,7 +164,7 @@ class _PythonSource(DataAdapter):
                     f"`{self._source}` yielded a batch whose arrays differ in rank or kind from "
                     f"the first batch: {_describe(batch)} vs {_describe(self._first)}."
                 )
-        batch = tuple(tf.nest.map_structure(_cast_like, batch, self._first))
+        batch = tuple(tf.nest.map_structure(composite.cast_like, batch, self._first))
         if not _fits(self._spec, batch):
             self._spec = _relax(self._spec, batch)
             raise _SpecChange(batch)
@@ -221,13 +207,7 @@ class _PythonSource(DataAdapter):
 
 
 def _describe(batch: tuple) -> str:
-    def describe(a):
-        if not structure.is_composite(a):
-            return f"{np.asarray(a).dtype}{list(np.shape(a))}"
-        kind = "ragged" if isinstance(a, tf.RaggedTensor) else "sparse"
-        return f"{kind} {a.dtype.name}{a.shape.as_list()}"
-
-    return str(tf.nest.map_structure(describe, batch))
+    return str(tf.nest.map_structure(composite.describe_leaf, batch))
 
 
 class GeneratorAdapter(_PythonSource):

@@ -250,6 +250,21 @@ def to_tensor(value: Any) -> tf.Tensor:
         return tf.convert_to_tensor(value)
 
 
+def to_arrays(x: Any, y: Any, sample_weight: Any) -> tuple[tuple, int]:
+    """`(x, y, sample_weight)` given to fit/evaluate/predict as arrays: the packed
+    `(x,)`, `(x, y)` or `(x, y, sample_weight)` and the number of samples, each leaf
+    checked (`to_array`) and all of one length, naming the argument otherwise."""
+    x, y, sample_weight = (lists_to_tuples(v) for v in (x, y, sample_weight))
+    x = tf.nest.map_structure(lambda a: to_array(a, "x"), x)
+    y = None if y is None else tf.nest.map_structure(lambda a: to_array(a, "y"), y)
+    if sample_weight is not None:
+        sample_weight = tf.nest.map_structure(lambda a: to_array(a, "sample_weight"), sample_weight)
+    count = check_consistent_lengths({"x": x, "y": y, "sample_weight": sample_weight})
+    if sample_weight is not None and y is None:
+        raise ValueError("`sample_weight` was given without `y`; weights apply to targets.")
+    return pack_x_y_sample_weight(x, y, sample_weight), count
+
+
 def num_samples(value: Any) -> int:
     first = tf.nest.flatten(value)[0]
     return int(leaf_shape(first)[0])

@@ -55,6 +55,20 @@ def wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
     return [proc.returncode for proc in procs]
 
 
+def finish(procs: list[subprocess.Popen], log_dir: Path, timeout: float, tag: str = "") -> None:
+    """Waits for every worker (`wait`) and fails, with the worker's log tail, unless
+    all of them exited 0."""
+    for index, code in enumerate(wait(procs, timeout)):
+        assert code == 0, (
+            f"worker {index} exited {code}:\n" + log_path(log_dir, index, tag).read_text()[-3000:]
+        )
+
+
+def run(worker: str, args: list[str], log_dir: Path, timeout: float, num_workers: int = 2) -> None:
+    """One cluster from start to end (`launch`, then `finish`)."""
+    finish(launch(worker, args, log_dir, num_workers), log_dir, timeout)
+
+
 def wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float) -> None:
     """Waits until `path` exists; fails when a worker ends first or `timeout` passes."""
     deadline = time.monotonic() + timeout

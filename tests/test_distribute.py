@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import cluster_helpers
 import keras
 import numpy as np
 import portpicker
@@ -155,36 +156,9 @@ def test_last_batch_smaller_than_the_replica_count(mirrored_strategy, rows):
     np.testing.assert_allclose(four[2], one[2], rtol=1e-5, atol=1e-6)
 
 
-def _launch_cluster(tmp_path, num_workers=2, args=()):
-    """Starts `num_workers` workers of mwms_fit.py (with `args` after OUT_DIR) on 127.0.0.1."""
-    ports = [portpicker.pick_unused_port() for _ in range(num_workers)]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(num_workers):
-        env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        )
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        log = open(tmp_path / f"worker_{index}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (
-                subprocess.Popen(
-                    [sys.executable, WORKER, str(tmp_path), *args],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                ),
-                log,
-            )
-        )
-    return procs
-
-
 @pytest.mark.timeout(300)
 def test_two_worker_cluster_matches_one_process(tmp_path):
-    procs = _launch_cluster(tmp_path)
+    procs = cluster_helpers.launch(WORKER, [str(tmp_path)], tmp_path)
     single_env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     single = subprocess.run(
         [sys.executable, WORKER, str(tmp_path), "single"],
@@ -194,16 +168,7 @@ def test_two_worker_cluster_matches_one_process(tmp_path):
         timeout=240,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    try:
-        for proc, log in procs:
-            proc.wait(timeout=240)
-            log.close()
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for index, (proc, _) in enumerate(procs):
-        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+    cluster_helpers.finish(procs, tmp_path, timeout=240)
 
     reference = np.load(tmp_path / "result_single.npz")
     workers = [np.load(tmp_path / f"result_{i}.npz") for i in range(2)]

@@ -6,14 +6,13 @@ process's), arrays never embedded in a dataset graph as constants, and static
 "drop" mode keeping the batch count known where the batches are already full.
 """
 
-import json
 import os
 import subprocess
 import sys
 
+import cluster_helpers
 import keras
 import numpy as np
-import portpicker
 import pytest
 import tensorflow as tf
 
@@ -263,30 +262,9 @@ def test_static_drop_fit_on_a_full_batch_dataset_uses_the_exact_loop():
 # -- a two-worker loopback cluster -------------------------------------------------
 
 
-def _launch(tmp_path, num_workers=2):
-    ports = [portpicker.pick_unused_port() for _ in range(num_workers)]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(num_workers):
-        env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        log = open(tmp_path / f"worker_{index}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (
-                subprocess.Popen(
-                    [sys.executable, WORKER, str(tmp_path)], env=env, stdout=log, stderr=subprocess.STDOUT
-                ),
-                log,
-            )
-        )
-    return procs
-
-
 @pytest.mark.timeout(400)
 def test_two_workers_each_read_only_their_shard_and_match_one_process(tmp_path):
-    procs = _launch(tmp_path)
+    procs = cluster_helpers.launch(WORKER, [str(tmp_path)], tmp_path)
     single_env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     try:
         single = subprocess.run(
@@ -297,15 +275,8 @@ def test_two_workers_each_read_only_their_shard_and_match_one_process(tmp_path):
             timeout=300,
         )
         assert single.returncode == 0, single.stderr[-3000:]
-        for proc, log in procs:
-            proc.wait(timeout=300)
-            log.close()
     finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for index, (proc, _) in enumerate(procs):
-        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+        cluster_helpers.finish(procs, tmp_path, timeout=300)
 
     reference = np.load(tmp_path / "result_single.npz")
     workers = [np.load(tmp_path / f"result_{i}.npz") for i in range(2)]

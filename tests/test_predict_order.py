@@ -24,13 +24,14 @@ Three levels:
 
 import types
 
+import cluster_helpers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import distribute as tf_data_distribute
 from tensorflow.python.distribute import input_ops
-from test_distribute import _launch_cluster
+from test_distribute import WORKER
 from tolerances import ATOL, RTOL
 
 import tfk_trainer as tfk
@@ -338,17 +339,9 @@ def test_mirrored_predict_is_in_input_order_for_every_input_kind(
 def test_two_worker_cluster_predicts_in_input_order(tmp_path, replicas_per_worker):
     """Every input kind, 100 rows in batches of 16 (a partial last batch); with two
     replicas per worker (2 x 2) the split input is the interleaved layout of the issue."""
-    procs = _launch_cluster(tmp_path, args=("predict", str(replicas_per_worker)))
-    try:
-        for proc, log in procs:
-            proc.wait(timeout=450)
-            log.close()
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for index, (proc, _) in enumerate(procs):
-        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+    cluster_helpers.run(
+        WORKER, [str(tmp_path), "predict", str(replicas_per_worker)], tmp_path, timeout=450
+    )
     for index in range(2):
         result = np.load(tmp_path / f"predict_{index}.npz")
         expected = result["x"] @ result["weight_0"] + result["weight_1"]

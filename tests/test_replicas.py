@@ -6,12 +6,10 @@ Issue 18 items 1, 6, 7 and 8 (TPU items 4, 5, 10 are in test_tpu_flow.py).
 
 import json
 import os
-import subprocess
-import sys
 
+import cluster_helpers
 import keras
 import numpy as np
-import portpicker
 import pytest
 import tensorflow as tf
 from conftest import mirrored
@@ -237,33 +235,7 @@ def test_broadcast_from_chief_is_the_value_itself_off_multi_worker():
 
 @pytest.mark.timeout(400)
 def test_two_workers_use_the_chiefs_tuned_execution_length(tmp_path):
-    ports = [portpicker.pick_unused_port() for _ in range(2)]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    try:
-        for index in range(2):
-            env = dict(os.environ)
-            env["TF_CONFIG"] = json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            )
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            log = open(tmp_path / f"worker_{index}.log", "w")  # noqa: SIM115 - closed below
-            proc = subprocess.Popen(
-                [sys.executable, WORKER, str(tmp_path)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append((proc, log))
-        for proc, log in procs:
-            proc.wait(timeout=240)
-            log.close()
-    finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for index, (proc, _) in enumerate(procs):
-        assert proc.returncode == 0, (tmp_path / f"worker_{index}.log").read_text()[-3000:]
+    cluster_helpers.run(WORKER, [str(tmp_path)], tmp_path, timeout=240)
     chief, other = (json.loads((tmp_path / f"auto_{i}.json").read_text()) for i in range(2))
     # Worker 1 alone would have tuned to 1 step; it uses the chief's value.
     assert chief["tuned"] == other["tuned"]

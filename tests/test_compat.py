@@ -117,31 +117,6 @@ def test_is_dataset_from_function_tells_the_two_distributions_apart(mirrored_str
 # -- Keras canaries ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "kwargs, expected",
-    [
-        ({"clipnorm": 1.0}, [0.6, 0.8]),
-        ({"global_clipnorm": 1.0}, [0.6, 0.8]),
-        ({"clipvalue": 0.5}, [0.5, 0.5]),
-        ({}, [3.0, 4.0]),
-    ],
-)
-def test_clip_gradients_clips_by_the_optimizers_rule(kwargs, expected):
-    optimizer = keras.optimizers.SGD(0.1, **kwargs)
-    (clipped,) = compat.clip_gradients(optimizer, [tf.constant([3.0, 4.0])])
-    np.testing.assert_allclose(clipped.numpy(), expected, rtol=0, atol=ATOL)
-
-
-def test_clip_gradients_matches_what_apply_does():
-    """The same clip Keras applies inside `apply`: one SGD step with lr=1."""
-    optimizer = keras.optimizers.SGD(1.0, clipnorm=1.0)
-    variable = keras.Variable([0.0, 0.0])
-    grads = [tf.constant([3.0, 4.0])]
-    optimizer.apply(grads, [variable])
-    (clipped,) = compat.clip_gradients(optimizer, grads)
-    np.testing.assert_allclose(variable.numpy(), -clipped.numpy(), rtol=0, atol=ATOL)
-
-
 def _sgd_step_on_two_replicas(apply):
     """The variable after one SGD(lr=1) step whose replica `r` hands `apply` the gradient
     `r + 1` (1 and 2) or, for reduced gradients, their sum."""
@@ -290,7 +265,6 @@ def test_config_load_error_is_the_deferred_file_error(tmp_path):
 def fresh_checks():
     """compat checks each API once; these tests need the check to run again."""
     checks = [
-        compat._check_clip_gradients,
         compat._check_all_reduce_sum_gradients,
         compat._check_direction,
         compat._check_multi_worker_api,
@@ -307,15 +281,6 @@ def fresh_checks():
 
 def _defining_class(cls: type, name: str) -> type:
     return next(k for k in cls.__mro__ if name in vars(k))
-
-
-def test_missing_clip_gradients_raises_naming_the_versions(monkeypatch, fresh_checks):
-    owner = _defining_class(keras.optimizers.Optimizer, "_clip_gradients")
-    monkeypatch.delattr(owner, "_clip_gradients")
-    with pytest.raises(
-        compat.PrivateApiError, match=r"_clip_gradients.*Keras " + re.escape(keras.__version__)
-    ):
-        compat.clip_gradients(keras.optimizers.SGD(clipnorm=1.0), [tf.constant([1.0])])
 
 
 def test_missing_all_reduce_sum_gradients_raises_naming_the_versions(monkeypatch, fresh_checks):

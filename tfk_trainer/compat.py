@@ -134,27 +134,6 @@ def is_dataset_from_function(distributed: Any) -> bool:
 
 
 @functools.cache
-def _check_clip_gradients() -> None:
-    if not callable(getattr(keras.optimizers.Optimizer, "_clip_gradients", None)):
-        raise _gone(
-            "`keras.optimizers.Optimizer._clip_gradients`",
-            "clipping gradients once, after the cross-replica sum",
-        )
-
-
-def clip_gradients(optimizer: keras.optimizers.Optimizer, grads: Sequence[Any]) -> list:
-    """`grads` clipped by the optimizer's own rule (`clipnorm`, `global_clipnorm`,
-    `clipvalue`), as Keras clips them inside `apply`.
-
-    Under several replicas the engine clips the summed gradients once with this,
-    so 2 replicas clip what 1 device clips; without it clipping would silently
-    become per-replica.
-    """
-    _check_clip_gradients()
-    return list(optimizer._clip_gradients(list(grads)))
-
-
-@functools.cache
 def _check_all_reduce_sum_gradients() -> None:
     if not callable(getattr(keras.optimizers.Optimizer, "_all_reduce_sum_gradients", None)):
         raise _gone(

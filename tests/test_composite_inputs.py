@@ -159,6 +159,24 @@ def assert_outputs_close(got, expected, atol: float = ATOL) -> None:
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=RTOL, atol=atol)
 
 
+def assert_matches_keras(ref_net, model, fit: dict, atol: float = ATOL) -> None:
+    """`fit(**fit)` gives Keras's history and weights, then evaluate and predict on
+    the same `x`, `y` (batches of 6) give Keras's numbers."""
+    x, y = fit["x"], fit["y"]
+    assert_history_equal(ref_net.fit(verbose=0, **fit), model.fit(verbose=0, **fit), atol=atol)
+    assert_weights_close(ref_net, model, atol=atol)
+    assert_outputs_close(
+        model.evaluate(x, y, batch_size=6, verbose=0),
+        ref_net.evaluate(x, y, batch_size=6, verbose=0),
+        atol=atol,
+    )
+    assert_outputs_close(
+        model.predict(x, batch_size=6, verbose=0),
+        ref_net.predict(x, batch_size=6, verbose=0),
+        atol=atol,
+    )
+
+
 # -- x given directly ----------------------------------------------------------------
 
 
@@ -200,15 +218,7 @@ def test_sparse_x_matches_keras(network):
     x, y = sparse_data()
     ref_net, model = compiled_pair(make)
     fit = dict(x=x, y=y, batch_size=5, epochs=2, shuffle=False)
-    assert_history_equal(ref_net.fit(verbose=0, **fit), model.fit(verbose=0, **fit))
-    assert_weights_close(ref_net, model)
-    assert_outputs_close(
-        model.evaluate(x, y, batch_size=6, verbose=0),
-        ref_net.evaluate(x, y, batch_size=6, verbose=0),
-    )
-    assert_outputs_close(
-        model.predict(x, batch_size=6, verbose=0), ref_net.predict(x, batch_size=6, verbose=0)
-    )
+    assert_matches_keras(ref_net, model, fit)
 
 
 def test_scipy_sparse_matches_keras():
@@ -218,15 +228,7 @@ def test_scipy_sparse_matches_keras():
     x = scipy_sparse.csr_matrix(dense)
     ref_net, model = compiled_pair(sparse_functional)
     fit = dict(x=x, y=y, batch_size=5, epochs=2, shuffle=False, validation_split=0.2)
-    assert_history_equal(ref_net.fit(verbose=0, **fit), model.fit(verbose=0, **fit))
-    assert_weights_close(ref_net, model)
-    assert_outputs_close(
-        model.evaluate(x, y, batch_size=6, verbose=0),
-        ref_net.evaluate(x, y, batch_size=6, verbose=0),
-    )
-    assert_outputs_close(
-        model.predict(x, batch_size=6, verbose=0), ref_net.predict(x, batch_size=6, verbose=0)
-    )
+    assert_matches_keras(ref_net, model, fit)
 
 
 def test_scipy_sparse_stays_sparse():
@@ -382,19 +384,7 @@ def test_mirrored_ragged_x_matches_keras(mirrored_strategy):
     ref_net, model = compiled_pair(DensifyingNet, strategy=mirrored_strategy(2))
     assert model.distribute_strategy.num_replicas_in_sync == 2
     fit = dict(x=x, y=y, batch_size=6, epochs=2, shuffle=False)
-    ref = ref_net.fit(verbose=0, **fit)
-    assert_history_equal(ref, model.fit(verbose=0, **fit), atol=ATOL_MULTI)
-    assert_weights_close(ref_net, model, atol=ATOL_MULTI)
-    assert_outputs_close(
-        model.evaluate(x, y, batch_size=6, verbose=0),
-        ref_net.evaluate(x, y, batch_size=6, verbose=0),
-        atol=ATOL_MULTI,
-    )
-    assert_outputs_close(
-        model.predict(x, batch_size=6, verbose=0),
-        ref_net.predict(x, batch_size=6, verbose=0),
-        atol=ATOL_MULTI,
-    )
+    assert_matches_keras(ref_net, model, fit, atol=ATOL_MULTI)
 
 
 def test_mirrored_sparse_generator_and_ragged_dataset_match_keras(mirrored_strategy):
